@@ -1,0 +1,254 @@
+"""One pass of a model and an SAE over a corpus, into the index.
+
+The run has three resumable steps: plan (tokenise the corpus into stored contexts), pass (the
+model up to the hook and the SAE on every context, committing sparse activations per batch),
+finalize (derive every per-feature table in SQL, plus the weight-only logit lens and
+neighbours). Killing it at any point and running the same command again finishes the same index.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from saedex.indexer.corpus import CorpusStats, read_documents, resolve_corpus, tokenize_contexts
+from saedex.indexer.lens import folded_unembed, is_layernorm, logit_lens, neighbours
+from saedex.indexer.model import (
+    LoadedModel,
+    forward_to_hook,
+    load_model,
+    model_config,
+    validate_hook,
+)
+from saedex.indexer.sae import SparseAutoencoder, load_sae, resolve_sae
+
+from saedex.config import IndexConfig
+from saedex.data import SaeInfo
+from saedex.errors import SaedexError
+from saedex.progress import progress_bar
+from saedex.store import IndexReader, IndexWriter
+from saedex.store.writer import STATUS_COMPLETE, STATUS_RUNNING, Batch
+
+log = logging.getLogger("saedex.index")
+
+
+@dataclass(frozen=True)
+class IndexJob:
+    """What to index and where; `config` holds the knobs stored with the run."""
+
+    model: str
+    sae: str
+    corpus: str
+    db: Path
+    sae_id: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    overwrite: bool = False
+    config: IndexConfig = field(default_factory=IndexConfig)
+
+
+def default_sae_id(sae_dir: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", sae_dir.resolve().name).strip("-") or "sae"
+
+
+def run_index(job: IndexJob, progress: bool = True) -> SaeInfo:
+    """Index `job`, resuming a partial run of the same settings; returns the finished run."""
+    cfg = job.config
+    sae_dir = resolve_sae(job.sae)
+    sae = load_sae(sae_dir)
+    corpus_path = resolve_corpus(job.corpus)
+    _check_model_fits(job.model, sae)
+    sae_id = job.sae_id or default_sae_id(sae_dir)
+    with IndexWriter(job.db) as writer:
+        state = writer.run_state(sae_id)
+        if state is not None and job.overwrite:
+            writer.delete_run(sae_id)
+            state = None
+        if state is not None:
+            changed = cfg.differs_from(state.settings)
+            if changed:
+                raise SaedexError(
+                    f"index {sae_id!r} in {job.db} was made with other settings "
+                    f"({', '.join(changed)}); pass --overwrite or another --sae-id"
+                )
+        if state is None or state.status != STATUS_COMPLETE:
+            _run(job, writer, sae, sae_dir, sae_id, corpus_path, state, progress)
+    with IndexReader(job.db) as reader:
+        return reader.sae(sae_id)
+
+
+def _check_model_fits(model_spec: str, sae: SparseAutoencoder) -> None:
+    """Wrong d_in or a layer past the model's end: fail before loading any weights."""
+    config = model_config(model_spec)
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    if d_model is not None and d_model != sae.cfg.d_in:
+        raise SaedexError(
+            f"SAE d_in is {sae.cfg.d_in} but model {model_spec!r} has d_model {d_model}"
+        )
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if n_layers is not None and sae.cfg.hook_layer >= n_layers:
+        raise SaedexError(
+            f"unknown hook {sae.cfg.hook_name!r}: model {model_spec!r} has {n_layers} layers"
+        )
+
+
+def _run(job, writer, sae, sae_dir, sae_id, corpus_path, state, progress) -> None:
+    cfg = job.config
+    model = load_model(job.model, job.device, job.dtype)
+    validate_hook(model, sae.cfg.hook_name)
+    sae.to(model.device)
+    writer.write_vocab(model.name, model.token_strings())
+    if state is None or state.status != STATUS_RUNNING:
+        _plan(job, writer, model, sae, sae_dir, sae_id, corpus_path, progress)
+        state = writer.run_state(sae_id)
+    _pass(writer, model, sae, sae_id, cfg, state, progress)
+    started = time.perf_counter()
+    unembed = folded_unembed(model.bridge)
+    logits, logit_hist = logit_lens(
+        sae.W_dec.detach(), unembed, cfg.n_logits, cfg.hist_bins, centre=is_layernorm(model.bridge)
+    )
+    nbrs = neighbours(sae.W_dec.detach(), cfg.n_neighbours)
+    with progress_bar("step", progress) as bar:
+        bar.add_task("aggregating features", total=None)
+        writer.finalize(
+            sae_id, cfg, sae.cfg.d_sae, logits, logit_hist, nbrs, time.perf_counter() - started
+        )
+
+
+def _plan(job, writer, model, sae, sae_dir, sae_id, corpus_path, progress) -> None:
+    """Tokenise the corpus into stored contexts (one transaction; redone if interrupted)."""
+    cfg = job.config
+    started = time.perf_counter()
+    stats = CorpusStats()
+    docs = read_documents(corpus_path, stats)
+    if cfg.max_documents is not None:
+        docs = itertools.islice(docs, cfg.max_documents)
+    documents: list[dict] = []
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+    contexts = tokenize_contexts(
+        docs,
+        model.tokenizer,
+        cfg.context_size,
+        cfg.prepend_bos,
+        model.bos_token_id,
+        doc_sink=documents,
+        max_tokens=cfg.max_tokens,
+    )
+    rows = (
+        {"sae_id": sae_id, **{k: getattr(c, k) for k in c.__dataclass_fields__}} for c in contexts
+    )
+    with progress_bar("ctx", progress) as bar:
+        task = bar.add_task("tokenising corpus", total=None)
+        counted = _counting(rows, lambda: bar.advance(task))
+        run = _run_row(job, model, sae, sae_dir, sae_id, corpus_path)
+        n = writer.write_plan(run, ({"sae_id": sae_id, **d} for d in documents), counted)
+    writer.set_skipped_documents(sae_id, stats.skipped)
+    if n == 0:
+        writer.delete_run(sae_id)
+        raise SaedexError(
+            f"corpus {corpus_path} has no usable text ({stats.skipped} documents skipped)"
+        )
+    log.info("planned %d contexts in %.1fs", n, time.perf_counter() - started)
+
+
+def _counting(rows, tick):
+    for row in rows:
+        tick()
+        yield row
+
+
+def _run_row(job, model, sae, sae_dir, sae_id, corpus_path) -> dict:
+    cfg = job.config
+    return {
+        "sae_id": sae_id,
+        "model_name": model.name,
+        "hook_name": sae.cfg.hook_name,
+        "hook_layer": sae.cfg.hook_layer,
+        "architecture": sae.cfg.architecture,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "sae_path": str(sae_dir),
+        "corpus": str(corpus_path),
+        "context_size": cfg.context_size,
+        "prepend_bos": cfg.prepend_bos,
+        "bos_token_id": model.bos_token_id,
+        "settings": cfg.to_dict(),
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _pass(writer, model, sae, sae_id, cfg: IndexConfig, state, progress) -> None:
+    remaining = writer.remaining_tokens(sae_id, state.contexts_done)
+    done = state.contexts_done
+    with progress_bar("tok", progress) as bar:
+        task = bar.add_task("indexing", total=remaining)
+        for batch in writer.batches(sae_id, done, cfg.batch_size):
+            started = time.perf_counter()
+            acts, excluded, n_tokens = encode_batch(model, sae, batch, cfg)
+            done = batch.context_ids[-1] + 1
+            writer.append_batch(
+                sae_id, done, acts, excluded, n_tokens, time.perf_counter() - started
+            )
+            bar.advance(task, sum(len(t) for t in batch.token_ids))
+
+
+@torch.inference_mode()
+def encode_batch(
+    model: LoadedModel, sae: SparseAutoencoder, batch: Batch, cfg: IndexConfig
+) -> tuple[pa.Table, pa.Table, int]:
+    """Sparse activations of every counted token in a batch, and the sinks left out."""
+    resid, counted, ratio = hook_activations(model, batch, sae.cfg.hook_name, cfg)
+    feats = sae.encode(resid[counted].to(sae.W_enc.dtype))
+    rows, features = feats.nonzero(as_tuple=True)
+    ctx_rows, positions = counted.nonzero(as_tuple=True)
+    context_ids = torch.tensor(batch.context_ids, device=ctx_rows.device)
+    acts = pa.table(
+        {
+            "context_id": pa.array(context_ids[ctx_rows[rows]].cpu().numpy(), pa.int32()),
+            "position": pa.array(positions[rows].cpu().numpy(), pa.int16()),
+            "feature": pa.array(features.cpu().numpy(), pa.int32()),
+            "value": pa.array(feats[rows, features].float().cpu().numpy(), pa.float32()),
+        }
+    )
+    sink_rows, sink_pos = (ratio > cfg.sink_norm_multiple).nonzero(as_tuple=True)
+    if cfg.sink_norm_multiple <= 0:
+        sink_rows = sink_pos = torch.empty(0, dtype=torch.long)
+    excluded = pa.table(
+        {
+            "context_id": pa.array(context_ids[sink_rows].cpu().numpy(), pa.int32()),
+            "position": pa.array(sink_pos.cpu().numpy(), pa.int16()),
+            "norm_ratio": pa.array(ratio[sink_rows, sink_pos].float().cpu().numpy(), pa.float32()),
+        }
+    )
+    return acts, excluded, int(counted.sum())
+
+
+def hook_activations(model: LoadedModel, batch: Batch, hook_name: str, cfg: IndexConfig):
+    """Hook activations [B, T, d], the counted-token mask, and each token's norm ratio.
+
+    Padding and BOS are never counted; with `sink_norm_multiple` > 0, neither is a token whose
+    norm exceeds that multiple of its context's median (an attention sink).
+    """
+    lengths = torch.tensor([len(t) for t in batch.token_ids])
+    width = int(lengths.max())
+    tokens = torch.full((len(lengths), width), model.pad_token_id, dtype=torch.long)
+    for row, ids in enumerate(batch.token_ids):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    resid = forward_to_hook(model, tokens.to(model.device), hook_name)
+    valid = torch.arange(width)[None, :] < lengths[:, None]
+    if cfg.prepend_bos:
+        valid[:, 0] = False
+    valid = valid.to(resid.device)
+    norms = resid.float().norm(dim=-1)
+    median = norms.masked_fill(~valid, float("nan")).nanmedian(dim=1, keepdim=True).values
+    ratio = (norms / median).masked_fill(~valid, 0.0).nan_to_num(0.0)
+    counted = valid
+    if cfg.sink_norm_multiple > 0:
+        counted = valid & (ratio <= cfg.sink_norm_multiple)
+    return resid, counted, ratio

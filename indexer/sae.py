@@ -1,0 +1,221 @@
+"""Sparse autoencoders in the SAELens on-disk format (cfg.json + sae_weights.safetensors).
+
+Read with safetensors alone, no SAELens dependency. Both cfg generations in the wild are read:
+SAELens >= 6 (hook_name etc. under "metadata") and older files (hook_name or hook_point at the
+top, TopK's k under activation_fn_kwargs). We always write the 6.x form.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from saedex.errors import SaedexError
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+DEFAULT_SAE = "default"
+DEFAULT_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-res6"
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class SaeConfig:
+    """The parts of an SAE's cfg that indexing depends on."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    hook_name: str
+    model_name: str | None = None
+    k: int | None = None
+    apply_b_dec_to_input: bool = False
+    prepend_bos: bool | None = None
+    context_size: int | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def hook_layer(self) -> int:
+        return hook_layer(self.hook_name)
+
+
+def hook_layer(hook_name: str) -> int:
+    """The block a hook lives in; the forward pass can stop there."""
+    match = _HOOK_RE.match(hook_name)
+    if not match:
+        raise SaedexError(f"unsupported hook {hook_name!r}: expected blocks.<layer>.<hook>")
+    return int(match.group(1))
+
+
+class SparseAutoencoder(torch.nn.Module):
+    """encode/decode for standard (ReLU), TopK and JumpReLU SAEs."""
+
+    def __init__(self, cfg: SaeConfig, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = torch.nn.Parameter(weights["W_enc"])
+        self.b_enc = torch.nn.Parameter(weights["b_enc"])
+        self.W_dec = torch.nn.Parameter(weights["W_dec"])
+        self.b_dec = torch.nn.Parameter(weights["b_dec"])
+        threshold = weights.get("threshold", torch.zeros(cfg.d_sae))
+        self.threshold = torch.nn.Parameter(threshold, requires_grad=False)
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense feature activations, shape [..., d_sae]."""
+        pre = self.pre_acts(x)
+        if self.cfg.architecture == "topk":
+            values, indices = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        acts = pre.relu()
+        if self.cfg.architecture == "jumprelu":
+            acts = acts * (pre > self.threshold)
+        return acts
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        return acts @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def resolve_sae(spec: str) -> Path:
+    """The directory for `spec`: "default" is the SAE shipped inside the package."""
+    path = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec)
+    if not path.is_dir():
+        raise SaedexError(f"SAE directory not found: {path}")
+    return path
+
+
+def load_sae(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load and validate an SAE directory; every problem is one clear SaedexError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SaedexError(f"SAE directory not found: {path}")
+    cfg = read_cfg(path)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise SaedexError(f"SAE weights missing: {weights_path}")
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SaedexError(f"SAE weights are corrupt: {weights_path} ({exc})") from exc
+    _check_shapes(cfg, weights, weights_path)
+    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    return SparseAutoencoder(cfg, weights).to(device).eval()
+
+
+def read_cfg(path: Path) -> SaeConfig:
+    cfg_path = path / CFG_FILE
+    if not cfg_path.is_file():
+        raise SaedexError(f"SAE config missing: {cfg_path}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SaedexError(f"SAE config is not valid JSON: {cfg_path} ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise SaedexError(f"SAE config is not a JSON object: {cfg_path}")
+    return parse_cfg(raw, cfg_path)
+
+
+def parse_cfg(raw: dict, where: Path | str = "cfg.json") -> SaeConfig:
+    """Read either cfg generation into a SaeConfig."""
+    meta = raw.get("metadata") or {}
+    architecture = raw.get("architecture", "standard")
+    if architecture not in ARCHITECTURES:
+        raise SaedexError(
+            f"unsupported SAE architecture {architecture!r} in {where} "
+            f"(supported: {', '.join(ARCHITECTURES)})"
+        )
+    norm = raw.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise SaedexError(f"unsupported normalize_activations={norm!r} in {where}")
+    hook_name = meta.get("hook_name") or raw.get("hook_name") or raw.get("hook_point")
+    if not hook_name:
+        raise SaedexError(f"SAE config names no hook (metadata.hook_name) in {where}")
+    k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+    if architecture == "topk" and not k:
+        raise SaedexError(f"TopK SAE config has no k in {where}")
+    try:
+        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SaedexError(f"SAE config needs integer d_in and d_sae in {where}") from exc
+    hook_layer(hook_name)
+    return SaeConfig(
+        architecture=architecture,
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=hook_name,
+        model_name=meta.get("model_name") or raw.get("model_name"),
+        k=int(k) if k else None,
+        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", False)),
+        prepend_bos=meta.get("prepend_bos", raw.get("prepend_bos")),
+        context_size=meta.get("context_size", raw.get("context_size")),
+        metadata=meta,
+    )
+
+
+def _check_shapes(cfg: SaeConfig, weights: dict[str, torch.Tensor], where: Path) -> None:
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    if cfg.architecture == "jumprelu":
+        expected["threshold"] = (cfg.d_sae,)
+    for name, shape in expected.items():
+        if name not in weights:
+            raise SaedexError(f"SAE weights lack tensor {name!r}: {where}")
+        if tuple(weights[name].shape) != shape:
+            raise SaedexError(
+                f"SAE tensor {name} has shape {tuple(weights[name].shape)}, cfg says {shape}: "
+                f"{where}"
+            )
+
+
+def save_sae(
+    path: str | Path,
+    weights: dict[str, torch.Tensor],
+    cfg: SaeConfig,
+    dtype: torch.dtype = torch.float32,
+    extra_metadata: dict | None = None,
+) -> Path:
+    """Write the SAELens 6.x on-disk form, loadable by saedex and by SAELens."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    raw = {
+        "architecture": cfg.architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            **cfg.metadata,
+            "model_name": cfg.model_name,
+            "hook_name": cfg.hook_name,
+            "prepend_bos": cfg.prepend_bos,
+            "context_size": cfg.context_size,
+            **(extra_metadata or {}),
+        },
+    }
+    if cfg.architecture == "topk":
+        raw["k"] = cfg.k
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in weights.items()}
+    save_file(tensors, str(path / WEIGHTS_FILE))
+    (path / CFG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
+    return path

@@ -1,0 +1,144 @@
+"""The `saedex` command: a thin layer over the indexer, trainer, API and site exporter."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from saedex.config import IndexConfig
+from saedex.errors import SaedexError
+
+app = typer.Typer(
+    help="saedex: index SAE features into DuckDB, serve them over GraphQL, publish a site.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+corpus_app = typer.Typer(help="The default corpus.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+console = Console(stderr=True)
+
+_DEFAULTS = IndexConfig()
+
+
+def user_errors(fn):
+    """Print a SaedexError as one line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SaedexError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            console.print("interrupted: run the same command again to resume")
+            sys.exit(130)
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def index(
+    db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
+    model: Annotated[
+        str, typer.Option(help='"default", a local HF model directory, or a model name.')
+    ] = "default",
+    sae: Annotated[
+        str, typer.Option(help='"default" or an SAE directory in SAELens format.')
+    ] = "default",
+    corpus: Annotated[
+        str,
+        typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
+    ] = "default",
+    sae_id: Annotated[
+        str | None, typer.Option(help="Name of this index in the file [default: SAE dir name].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, cpu, ... [default: cuda if present].")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
+    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = _DEFAULTS.context_size,
+    bos: Annotated[
+        bool, typer.Option(help="Prepend BOS to every context.")
+    ] = _DEFAULTS.prepend_bos,
+    batch_size: Annotated[
+        int, typer.Option(help="Contexts per model batch.")
+    ] = _DEFAULTS.batch_size,
+    top_k: Annotated[int, typer.Option(help="Top examples per feature.")] = _DEFAULTS.top_k,
+    n_intervals: Annotated[
+        int, typer.Option(help="Equal-width activation intervals.")
+    ] = _DEFAULTS.n_intervals,
+    examples_per_interval: Annotated[int, typer.Option()] = _DEFAULTS.examples_per_interval,
+    n_neighbours: Annotated[
+        int, typer.Option(help="Nearest neighbours kept per feature.")
+    ] = _DEFAULTS.n_neighbours,
+    sink_norm_multiple: Annotated[
+        float,
+        typer.Option(help="Skip tokens whose norm exceeds this x their context median (0: off)."),
+    ] = _DEFAULTS.sink_norm_multiple,
+    max_documents: Annotated[
+        int | None, typer.Option(help="Index only the first N documents.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Stop after about N corpus tokens.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for interval sampling.")] = _DEFAULTS.seed,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing index of this SAE id.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Run a model and an SAE over a corpus once and store every feature's dashboard data.
+
+    Resumable: if interrupted, run the same command again.
+    """
+    from saedex.indexer.indexing import IndexJob, run_index
+
+    cfg = IndexConfig(
+        context_size=context_size,
+        prepend_bos=bos,
+        batch_size=batch_size,
+        top_k=top_k,
+        n_intervals=n_intervals,
+        examples_per_interval=examples_per_interval,
+        n_neighbours=n_neighbours,
+        sink_norm_multiple=sink_norm_multiple,
+        max_documents=max_documents,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
+    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, cfg)
+    info = run_index(job, progress=not quiet)
+    console.print(
+        f"indexed [bold]{info.id}[/]: {info.n_tokens:,} tokens, {info.n_contexts:,} contexts, "
+        f"{info.d_sae:,} features ({info.dead_features:,} dead) in {info.duration_s:.1f}s -> {db}"
+    )
+
+
+@app.command()
+@user_errors
+def info(db: Annotated[Path, typer.Option(help="DuckDB index file.")]):
+    """List the SAEs indexed in a file."""
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        for sae in reader.saes():
+            typer.echo(
+                f"{sae.id}\t{sae.status}\t{sae.model_name}\t{sae.hook_name}\t"
+                f"d_sae={sae.d_sae}\ttokens={sae.n_tokens}\tdead={sae.dead_features}"
+            )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

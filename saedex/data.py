@@ -1,0 +1,116 @@
+"""Plain, typed records that pass between the store, the API and the site exporter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class SaeInfo:
+    """One indexed SAE: what was run, on what, and how it went."""
+
+    id: str
+    model_name: str
+    hook_name: str
+    hook_layer: int
+    architecture: str
+    d_in: int
+    d_sae: int
+    sae_path: str
+    corpus: str
+    context_size: int
+    prepend_bos: bool
+    n_documents: int
+    n_skipped_documents: int
+    n_contexts: int
+    n_tokens: int
+    n_excluded_tokens: int
+    dead_features: int
+    status: str
+    settings: dict
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts per bin; bin_edges has one more entry than counts."""
+
+    bin_edges: list[float]
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class LogitEntry:
+    token: str
+    token_id: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    index: int
+    cosine: float
+
+
+@dataclass(frozen=True)
+class Example:
+    """One context and this feature's activation on each of its tokens."""
+
+    context_id: int
+    document_id: str
+    source: str
+    token_ids: list[int]
+    tokens: list[str]
+    activations: list[float]
+    max_activation: float
+    max_token_index: int
+
+
+@dataclass(frozen=True)
+class IntervalSample:
+    """Random examples whose highlighted token falls in [low, high)."""
+
+    index: int
+    low: float
+    high: float
+    fraction: float
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """The per-feature row: enough for listings, filters and the site's index tables."""
+
+    sae_id: str
+    index: int
+    n_active: int
+    density: float
+    max_activation: float
+    mean_activation: float
+    skew: float | None
+    kurtosis: float | None
+    top_logits: list[LogitEntry]
+
+
+@dataclass(frozen=True)
+class FeatureData:
+    """Everything a feature dashboard shows (cf. sae_vis's FeatureData)."""
+
+    summary: FeatureSummary
+    bottom_logits: list[LogitEntry]
+    histogram: Histogram
+    logit_histogram: Histogram
+    top_examples: list[Example]
+    interval_samples: list[IntervalSample]
+    neighbours: list[Neighbour]
+
+
+@dataclass(frozen=True)
+class FeaturePage:
+    """A page of feature summaries and the total matching the filters."""
+
+    items: list[FeatureSummary]
+    total: int

@@ -1,0 +1,373 @@
+"""The indexer's write path: a run's plan, its per-batch activations, and the final aggregation.
+
+Crash safety comes from DuckDB transactions: each batch commits its activations together with
+the run's progress counter, so a killed run resumes at the first uncommitted batch and nothing
+is lost or doubled. Everything derived (stats, examples, intervals) is rebuilt in one final
+transaction from the sparse `activations` table, so it never sees a partial run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from saedex.config import IndexConfig
+from saedex.store.schema import DERIVED_TABLES, RUN_TABLES, ensure_schema
+
+STATUS_PLANNING = "planning"
+STATUS_RUNNING = "running"
+STATUS_COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a stored run stands, for resuming it."""
+
+    status: str
+    settings: dict
+    n_contexts: int
+    contexts_done: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A slice of a run's contexts, in context_id order."""
+
+    context_ids: list[int]
+    token_ids: list[list[int]]
+
+
+class IndexWriter:
+    """Owns the read-write connection while a run writes into the index file."""
+
+    def __init__(self, path: str | Path):
+        self.con = duckdb.connect(str(path))
+        ensure_schema(self.con)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- run lifecycle -------------------------------------------------------------------------
+
+    def run_state(self, sae_id: str) -> RunState | None:
+        row = self.con.execute(
+            "SELECT status, settings, n_contexts, contexts_done, duration_s FROM saes "
+            "WHERE sae_id = ?",
+            [sae_id],
+        ).fetchone()
+        if row is None:
+            return None
+        return RunState(row[0], json.loads(row[1]), row[2], row[3], row[4])
+
+    def delete_run(self, sae_id: str) -> None:
+        """Remove every row a run owns, atomically."""
+        with self._transaction():
+            for table in RUN_TABLES:
+                self.con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+
+    def write_plan(
+        self,
+        run: dict,
+        documents: Iterable[dict],
+        contexts: Iterable[dict],
+        chunk: int = 4096,
+    ) -> int:
+        """Store the run's row, its documents and its tokenised contexts in one transaction.
+
+        `run` holds the `saes` columns known up front; `contexts` may be a generator, consumed
+        in chunks so memory stays bounded by `chunk`, not by the corpus.
+        """
+        with self._transaction():
+            for table in RUN_TABLES:
+                self.con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [run["sae_id"]])
+            row = {**run, "status": STATUS_PLANNING, "settings": json.dumps(run["settings"])}
+            cols = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            self.con.execute(f"INSERT INTO saes ({cols}) VALUES ({marks})", list(row.values()))
+            n_contexts = self._insert_chunked("contexts", contexts, chunk)
+            self._insert_chunked("documents", documents, chunk)
+            self.con.execute(
+                "UPDATE saes SET status = ?, n_contexts = ?, "
+                "n_documents = (SELECT count(*) FROM documents WHERE sae_id = ?) "
+                "WHERE sae_id = ?",
+                [STATUS_RUNNING, n_contexts, run["sae_id"], run["sae_id"]],
+            )
+        return n_contexts
+
+    def set_skipped_documents(self, sae_id: str, n_skipped: int) -> None:
+        self.con.execute(
+            "UPDATE saes SET n_skipped_documents = ? WHERE sae_id = ?", [n_skipped, sae_id]
+        )
+
+    def write_vocab(self, model_name: str, tokens: list[str]) -> None:
+        """Store the model's decoded token strings once, so readers need no tokenizer."""
+        have = self.con.execute(
+            "SELECT count(*) FROM vocab WHERE model_name = ?", [model_name]
+        ).fetchone()[0]
+        if have == len(tokens):
+            return
+        table = pa.table(
+            {
+                "model_name": pa.array([model_name] * len(tokens)),
+                "token_id": pa.array(range(len(tokens)), pa.int32()),
+                "token": pa.array(tokens),
+            }
+        )
+        with self._transaction():
+            self.con.execute("DELETE FROM vocab WHERE model_name = ?", [model_name])
+            self.con.register("_vocab", table)
+            self.con.execute("INSERT INTO vocab SELECT * FROM _vocab")
+            self.con.unregister("_vocab")
+
+    # -- the pass ------------------------------------------------------------------------------
+
+    def batches(self, sae_id: str, start: int, batch_size: int) -> Iterator[Batch]:
+        """Yield the run's contexts from `start` on, `batch_size` at a time."""
+        cur = self.con.cursor()
+        cur.execute(
+            "SELECT context_id, token_ids FROM contexts WHERE sae_id = ? AND context_id >= ? "
+            "ORDER BY context_id",
+            [sae_id, start],
+        )
+        while rows := cur.fetchmany(batch_size):
+            yield Batch([r[0] for r in rows], [r[1] for r in rows])
+        cur.close()
+
+    def remaining_tokens(self, sae_id: str, start: int) -> int:
+        return self.con.execute(
+            "SELECT coalesce(sum(len(token_ids)), 0) FROM contexts "
+            "WHERE sae_id = ? AND context_id >= ?",
+            [sae_id, start],
+        ).fetchone()[0]
+
+    def append_batch(
+        self,
+        sae_id: str,
+        contexts_done: int,
+        activations: pa.Table,
+        excluded: pa.Table,
+        n_tokens: int,
+        elapsed_s: float,
+    ) -> None:
+        """Commit one batch's sparse activations together with the run's progress."""
+        with self._transaction():
+            self.con.register("_acts", activations)
+            self.con.execute("INSERT INTO activations SELECT ?, * FROM _acts", [sae_id])
+            self.con.unregister("_acts")
+            if excluded.num_rows:
+                self.con.register("_excl", excluded)
+                self.con.execute("INSERT INTO excluded_tokens SELECT ?, * FROM _excl", [sae_id])
+                self.con.unregister("_excl")
+            self.con.execute(
+                "UPDATE saes SET contexts_done = ?, n_tokens = n_tokens + ?, "
+                "n_excluded_tokens = n_excluded_tokens + ?, duration_s = duration_s + ? "
+                "WHERE sae_id = ?",
+                [contexts_done, n_tokens, excluded.num_rows, elapsed_s, sae_id],
+            )
+
+    # -- aggregation ---------------------------------------------------------------------------
+
+    def finalize(
+        self,
+        sae_id: str,
+        cfg: IndexConfig,
+        d_sae: int,
+        logits: pa.Table,
+        logit_hist: pa.Table,
+        neighbours: pa.Table,
+        elapsed_s: float,
+    ) -> None:
+        """Derive every per-feature table from `activations` and mark the run complete.
+
+        `logits` (feature, kind, rank, token_id, value), `logit_hist` (feature, edges, counts)
+        and `neighbours` (feature, rank, neighbour, cosine) come from the SAE's weights.
+        """
+        params = {
+            "sae": sae_id,
+            "bins": cfg.hist_bins,
+            "n_int": cfg.n_intervals,
+            "per_int": cfg.examples_per_interval,
+            "k": cfg.top_k,
+            "seed": cfg.seed,
+            "d_sae": d_sae,
+        }
+        with self._transaction():
+            for table in DERIVED_TABLES:
+                self.con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
+            for name, table in (("_logits", logits), ("_lhist", logit_hist), ("_nb", neighbours)):
+                self.con.register(name, table)
+            for sql in _FINALIZE_SQL:
+                self.con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql})
+            for name in ("_logits", "_lhist", "_nb"):
+                self.con.unregister(name)
+            self.con.execute(
+                "UPDATE saes SET status = ?, finished_at = ?, duration_s = duration_s + ?, "
+                "dead_features = (SELECT count(*) FROM features "
+                "                 WHERE sae_id = $1 AND n_active = 0) "
+                "WHERE sae_id = $1".replace("$1", "?"),
+                [STATUS_COMPLETE, datetime.now(), elapsed_s, sae_id, sae_id],
+            )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _insert_chunked(self, table: str, rows: Iterable[dict], chunk: int) -> int:
+        total, buf = 0, []
+        for row in rows:
+            buf.append(row)
+            if len(buf) >= chunk:
+                total += self._insert_rows(table, buf)
+                buf = []
+        if buf:
+            total += self._insert_rows(table, buf)
+        return total
+
+    def _insert_rows(self, table: str, rows: list[dict]) -> int:
+        arrow = pa.Table.from_pylist(rows)
+        self.con.register("_rows", arrow)
+        cols = ", ".join(arrow.column_names)
+        self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows")
+        self.con.unregister("_rows")
+        return len(rows)
+
+    def _transaction(self):
+        return _Transaction(self.con)
+
+
+class _Transaction:
+    """BEGIN/COMMIT, or ROLLBACK on any error, so a failure never leaves half a write."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN TRANSACTION")
+
+    def __exit__(self, exc_type, *_):
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+# The derivation, step by step. Activations are the non-zero values on counted tokens only.
+# Histogram bin and interval of a value v for a feature with maximum m: min(floor(v/m*n), n-1).
+# "Random" interval examples are chosen by a seeded hash, so a rerun picks the same ones.
+_FINALIZE_SQL = (
+    # Per-feature stats over non-zero activations (skew/kurtosis: bias-corrected sample stats).
+    """
+    CREATE OR REPLACE TEMP TABLE _stats AS
+    SELECT feature, count(*) AS n_active, max(value)::DOUBLE AS mx, avg(value::DOUBLE) AS mean,
+           skewness(value::DOUBLE) AS skew, kurtosis(value::DOUBLE) AS kurt
+    FROM activations WHERE sae_id = $sae GROUP BY feature
+    """,
+    # Each activation's histogram bin and interval, and the per-feature counts of both.
+    """
+    CREATE OR REPLACE TEMP TABLE _binned AS
+    SELECT a.feature, a.context_id, a.position, a.value,
+           least(floor(a.value::DOUBLE / s.mx * $bins), $bins - 1)::INTEGER AS bin,
+           least(floor(a.value::DOUBLE / s.mx * $n_int), $n_int - 1)::INTEGER AS interval
+    FROM activations a JOIN _stats s USING (feature) WHERE a.sae_id = $sae
+    """,
+    """
+    CREATE OR REPLACE TEMP TABLE _hist AS
+    SELECT s.feature, list(coalesce(c.n, 0) ORDER BY r.bin) AS counts
+    FROM _stats s CROSS JOIN range($bins) r(bin)
+    LEFT JOIN (SELECT feature, bin, count(*) AS n FROM _binned GROUP BY ALL) c
+           ON c.feature = s.feature AND c.bin = r.bin
+    GROUP BY s.feature
+    """,
+    """
+    INSERT INTO features
+    SELECT $sae, f.feature, coalesce(s.n_active, 0),
+           coalesce(s.n_active, 0) / greatest((SELECT n_tokens FROM saes WHERE sae_id = $sae), 1),
+           coalesce(s.mx, 0), coalesce(s.mean, 0), s.skew, s.kurt,
+           CASE WHEN s.mx IS NULL THEN []::DOUBLE[]
+                ELSE list_transform(range($bins + 1), lambda i: s.mx * i / $bins) END,
+           coalesce(h.counts, []::BIGINT[]), lh.edges, lh.counts
+    FROM range($d_sae) f(feature)
+    LEFT JOIN _stats s USING (feature)
+    LEFT JOIN _hist h USING (feature)
+    JOIN _lhist lh USING (feature)
+    ORDER BY f.feature
+    """,
+    """
+    INSERT INTO intervals
+    SELECT $sae, s.feature, r.i, s.mx * r.i / $n_int, s.mx * (r.i + 1) / $n_int,
+           coalesce(c.n, 0), coalesce(c.n, 0) / s.n_active
+    FROM _stats s CROSS JOIN range($n_int) r(i)
+    LEFT JOIN (SELECT feature, interval, count(*) AS n FROM _binned GROUP BY ALL) c
+           ON c.feature = s.feature AND c.interval = r.i
+    ORDER BY s.feature, r.i
+    """,
+    # Top examples: contexts ranked by the feature's max in them; ties go to the earlier
+    # context, and within a context to the earlier position.
+    """
+    CREATE OR REPLACE TEMP TABLE _examples AS
+    WITH per_ctx AS (
+        SELECT feature, context_id, max(struct_pack(v := value, np := -position)) AS best
+        FROM _binned GROUP BY feature, context_id
+    )
+    SELECT feature, 'top' AS kind, NULL::SMALLINT AS interval,
+           row_number() OVER (PARTITION BY feature ORDER BY best.v DESC, context_id) AS rank,
+           context_id, best.v AS value, (-best.np)::SMALLINT AS position
+    FROM per_ctx QUALIFY rank <= $k
+    """,
+    # Interval samples: per interval, one seeded-random token per context, then the contexts
+    # with the smallest hashes.
+    """
+    INSERT INTO _examples
+    WITH per_ctx AS (
+        SELECT feature, interval, context_id,
+               arg_min(struct_pack(v := value, p := position),
+                       hash(feature, context_id, position, $seed)) AS pick,
+               min(hash(feature, context_id, position, $seed)) AS h
+        FROM _binned GROUP BY feature, interval, context_id
+    )
+    SELECT feature, 'interval', interval,
+           row_number() OVER (PARTITION BY feature, interval ORDER BY h, context_id) AS rank,
+           context_id, pick.v, pick.p
+    FROM per_ctx QUALIFY rank <= $per_int
+    """,
+    # Each example's per-token activations, dense and aligned with the context's token_ids.
+    """
+    INSERT INTO examples
+    WITH acts AS (
+        SELECT a.feature, a.context_id,
+               list(a.position ORDER BY a.position) AS pos,
+               list(a.value ORDER BY a.position) AS vals
+        FROM _binned a SEMI JOIN _examples e
+             ON a.feature = e.feature AND a.context_id = e.context_id
+        GROUP BY a.feature, a.context_id
+    )
+    SELECT $sae, e.feature, e.kind, e.interval, e.rank, e.context_id, e.value, e.position,
+           list_transform(range(len(c.token_ids)),
+                          lambda i: coalesce(acts.vals[list_position(acts.pos, i::SMALLINT)],
+                                             0)::FLOAT)
+    FROM _examples e
+    JOIN acts USING (feature, context_id)
+    JOIN contexts c ON c.sae_id = $sae AND c.context_id = e.context_id
+    ORDER BY e.feature, e.kind DESC, e.interval, e.rank
+    """,
+    """
+    INSERT INTO feature_logits
+    SELECT $sae, feature, kind, rank, token_id, value FROM _logits ORDER BY feature, kind, rank
+    """,
+    """
+    INSERT INTO neighbours
+    SELECT $sae, feature, rank, neighbour, cosine FROM _nb ORDER BY feature, rank
+    """,
+    "DROP TABLE _stats",
+    "DROP TABLE _binned",
+    "DROP TABLE _hist",
+    "DROP TABLE _examples",
+)

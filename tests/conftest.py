@@ -1,0 +1,147 @@
+"""Shared fixtures: a tiny random Llama (with its own BPE tokenizer), tiny SAEs, a small corpus."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from saedex.indexer.sae import SaeConfig, save_sae
+
+D_MODEL = 32
+N_LAYERS = 2
+HOOK = "blocks.0.hook_resid_post"
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "brew",
+    "potent",
+    "elixirs",
+    "under",
+    "purple",
+    "skies",
+    "and",
+    "tomorrow",
+    "ninety",
+    "kings",
+    "shall",
+    "dance",
+    "near",
+    "golden",
+    "rivers",
+    "def",
+    "return",
+    "import",
+    "class",
+    "lambda",
+    "yield",
+    "GATTACA",
+    "ACGT",
+    "protein",
+    "sequence",
+    "verse",
+    "chapter",
+]
+
+
+def make_corpus_docs(n_docs: int = 24, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n_docs):
+        n_words = rng.randint(20, 160)
+        text = " ".join(rng.choice(WORDS) for _ in range(n_words))
+        docs.append({"id": f"doc-{i}", "source": f"src-{i % 3}", "text": text})
+    return docs
+
+
+def build_tiny_model(path: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([d["text"] for d in make_corpus_docs(60, seed=1)], trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+        pad_token_id=hf_tok.pad_token_id,
+        initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a non-trivial final norm, so folding it is tested
+        model.model.norm.weight.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+def build_tiny_sae(path: Path, architecture: str = "standard", d_sae: int = 64, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    weights = {
+        "W_enc": torch.randn(D_MODEL, d_sae, generator=gen) / D_MODEL**0.5,
+        "b_enc": torch.randn(d_sae, generator=gen) * 0.1 - 0.2,
+        "W_dec": torch.randn(d_sae, D_MODEL, generator=gen) / D_MODEL**0.5,
+        "b_dec": torch.randn(D_MODEL, generator=gen) * 0.01,
+    }
+    if architecture == "jumprelu":
+        weights["threshold"] = torch.rand(d_sae, generator=gen) * 0.3
+    cfg = SaeConfig(
+        architecture=architecture,
+        d_in=D_MODEL,
+        d_sae=d_sae,
+        hook_name=HOOK,
+        model_name="tiny-llama",
+        k=8 if architecture == "topk" else None,
+        apply_b_dec_to_input=True,
+    )
+    return save_sae(path, weights, cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tmp_path_factory) -> Path:
+    return build_tiny_sae(tmp_path_factory.mktemp("sae") / "tiny-sae")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    with path.open("w") as fh:
+        for doc in make_corpus_docs():
+            fh.write(json.dumps(doc) + "\n")
+    return path
