@@ -7,6 +7,7 @@ name is a local HF directory or a name TransformerLens/transformers can resolve.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -156,10 +157,8 @@ def forward_to_hook(model: LoadedModel, tokens: torch.Tensor, hook_name: str) ->
         captured.append(act)
         raise _Stop
 
-    try:
+    with contextlib.suppress(_Stop):
         model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)])
-    except _Stop:
-        pass
     if not captured:
         raise SaedexError(f"hook {hook_name!r} never fired in {model.name}")
     return captured[0]
