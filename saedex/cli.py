@@ -136,6 +136,34 @@ def info(db: Annotated[Path, typer.Option(help="DuckDB index file.")]):
             )
 
 
+@corpus_app.command("build")
+@user_errors
+def corpus_build(
+    out: Annotated[
+        Path | None, typer.Option(help="Parquet file to write [default: the user cache].")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Build the default corpus from real text that pip packages ship (deterministic)."""
+    from saedex.indexer.default_corpus import build_default_corpus, corpus_stats
+
+    path = build_default_corpus(out, progress=not quiet)
+    console.print(f"wrote {path}")
+    console.print(corpus_stats(path))
+
+
+# -- train-sae (saedex.indexer.training) --
+
+
+# -- serve (saedex.api) --
+
+
+# -- export-site (saedex.site) --
+
+
+# -- demo --
+
+
 def main() -> None:
     app()
 
