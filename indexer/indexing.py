@@ -100,7 +100,7 @@ def _check_model_fits(model_spec: str, sae: SparseAutoencoder) -> None:
 
 def _run(job, writer, sae, sae_dir, sae_id, corpus_path, state, progress) -> None:
     cfg = job.config
-    model = load_model(job.model, job.device, job.dtype)
+    model = load_model(job.model, job.device, job.dtype, progress)
     validate_hook(model, sae.cfg.hook_name)
     sae.to(model.device)
     writer.write_vocab(model.name, model.token_strings())

@@ -82,10 +82,16 @@ def model_config(spec: str):
         raise SaedexError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
 
 
-def load_model(spec: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str, device: str | None = None, dtype: str | None = None, progress: bool = True
+) -> LoadedModel:
     """Boot a TransformerBridge for `spec` ("default", a local HF directory or a hub name)."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)

@@ -211,6 +211,8 @@ class IndexWriter:
                 self.con.register(name, table)
             for sql in _FINALIZE_SQL:
                 self.con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql})
+                if sql is _STATS_SQL:
+                    self.con.execute("RESET threads")
             for name in ("_logits", "_lhist", "_nb"):
                 self.con.unregister(name)
             self.con.execute(
@@ -262,14 +264,19 @@ class _Transaction:
 # The derivation, step by step. Activations are the non-zero values on counted tokens only.
 # Histogram bin and interval of a value v for a feature with maximum m: min(floor(v/m*n), n-1).
 # "Random" interval examples are chosen by a seeded hash, so a rerun picks the same ones.
-_FINALIZE_SQL = (
-    # Per-feature stats over non-zero activations (skew/kurtosis: bias-corrected sample stats).
-    """
+# Per-feature stats over non-zero activations (skew/kurtosis: bias-corrected sample stats).
+# Float sums depend on summation order, so this one step runs on one thread: reruns and
+# resumed runs then give bit-identical means and moments.
+_STATS_SQL = """
     CREATE OR REPLACE TEMP TABLE _stats AS
     SELECT feature, count(*) AS n_active, max(value)::DOUBLE AS mx, avg(value::DOUBLE) AS mean,
            skewness(value::DOUBLE) AS skew, kurtosis(value::DOUBLE) AS kurt
     FROM activations WHERE sae_id = $sae GROUP BY feature
-    """,
+    """
+
+_FINALIZE_SQL = (
+    "SET threads = 1",
+    _STATS_SQL,
     # Each activation's histogram bin and interval, and the per-feature counts of both.
     """
     CREATE OR REPLACE TEMP TABLE _binned AS
