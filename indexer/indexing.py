@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
+
+from saedex.config import IndexConfig
+from saedex.data import SaeInfo
+from saedex.errors import SaedexError
 from saedex.indexer.corpus import CorpusStats, read_documents, resolve_corpus, tokenize_contexts
 from saedex.indexer.lens import folded_unembed, is_layernorm, logit_lens, neighbours
 from saedex.indexer.model import (
@@ -27,10 +31,6 @@ from saedex.indexer.model import (
     validate_hook,
 )
 from saedex.indexer.sae import SparseAutoencoder, load_sae, resolve_sae
-
-from saedex.config import IndexConfig
-from saedex.data import SaeInfo
-from saedex.errors import SaedexError
 from saedex.progress import progress_bar
 from saedex.store import IndexReader, IndexWriter
 from saedex.store.writer import STATUS_COMPLETE, STATUS_RUNNING, Batch
@@ -57,8 +57,11 @@ def default_sae_id(sae_dir: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", sae_dir.resolve().name).strip("-") or "sae"
 
 
-def run_index(job: IndexJob, progress: bool = True) -> SaeInfo:
-    """Index `job`, resuming a partial run of the same settings; returns the finished run."""
+def run_index(job: IndexJob, progress: bool = True, model: LoadedModel | None = None) -> SaeInfo:
+    """Index `job`, resuming a partial run of the same settings; returns the finished run.
+
+    `model` may be passed already loaded (a notebook indexing several SAEs of one model).
+    """
     cfg = job.config
     sae_dir = resolve_sae(job.sae)
     sae = load_sae(sae_dir)
@@ -78,7 +81,8 @@ def run_index(job: IndexJob, progress: bool = True) -> SaeInfo:
                     f"({', '.join(changed)}); pass --overwrite or another --sae-id"
                 )
         if state is None or state.status != STATUS_COMPLETE:
-            _run(job, writer, sae, sae_dir, sae_id, corpus_path, state, progress)
+            model = model or load_model(job.model, job.device, job.dtype, progress)
+            _run(job, writer, model, sae, sae_dir, sae_id, corpus_path, state, progress)
     with IndexReader(job.db) as reader:
         return reader.sae(sae_id)
 
@@ -98,9 +102,8 @@ def _check_model_fits(model_spec: str, sae: SparseAutoencoder) -> None:
         )
 
 
-def _run(job, writer, sae, sae_dir, sae_id, corpus_path, state, progress) -> None:
+def _run(job, writer, model, sae, sae_dir, sae_id, corpus_path, state, progress) -> None:
     cfg = job.config
-    model = load_model(job.model, job.device, job.dtype, progress)
     validate_hook(model, sae.cfg.hook_name)
     sae.to(model.device)
     writer.write_vocab(model.name, model.token_strings())

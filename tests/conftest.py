@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from saedex.indexer.sae import SaeConfig, save_sae
 
 D_MODEL = 32

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from saedex.indexer.indexing import IndexJob, run_index
 from safetensors.numpy import load_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from saedex.config import IndexConfig
+from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
 from tests.conftest import build_tiny_sae
 
