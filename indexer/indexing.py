@@ -207,8 +207,7 @@ def encode_batch(
 ) -> tuple[pa.Table, pa.Table, int]:
     """Sparse activations of every counted token in a batch, and the sinks left out."""
     resid, counted, ratio = hook_activations(model, batch, sae.cfg.hook_name, cfg)
-    feats = sae.encode(resid[counted].to(sae.W_enc.dtype))
-    rows, features = feats.nonzero(as_tuple=True)
+    rows, features, values = sae.encode_sparse(resid[counted].to(sae.W_enc.dtype))
     ctx_rows, positions = counted.nonzero(as_tuple=True)
     context_ids = torch.tensor(batch.context_ids, device=ctx_rows.device)
     acts = pa.table(
@@ -216,7 +215,7 @@ def encode_batch(
             "context_id": pa.array(context_ids[ctx_rows[rows]].cpu().numpy(), pa.int32()),
             "position": pa.array(positions[rows].cpu().numpy(), pa.int16()),
             "feature": pa.array(features.cpu().numpy(), pa.int32()),
-            "value": pa.array(feats[rows, features].float().cpu().numpy(), pa.float32()),
+            "value": pa.array(values.float().cpu().numpy(), pa.float32()),
         }
     )
     sink_rows, sink_pos = (ratio > cfg.sink_norm_multiple).nonzero(as_tuple=True)

@@ -83,6 +83,22 @@ class SparseAutoencoder(torch.nn.Module):
             acts = acts * (pre > self.threshold)
         return acts
 
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, feature, value) of every non-zero activation of x [n, d_in], row-major.
+
+        TopK takes them straight from topk, never materialising the dense [n, d_sae] tensor.
+        """
+        if self.cfg.architecture != "topk":
+            acts = self.encode(x)
+            rows, features = acts.nonzero(as_tuple=True)
+            return rows, features, acts[rows, features]
+        values, indices = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
+        indices, order = indices.sort(dim=-1)
+        values = values.gather(-1, order)
+        keep = values > 0
+        rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(indices)
+        return rows[keep], indices[keep], values[keep]
+
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         return acts @ self.W_dec + self.b_dec
 
