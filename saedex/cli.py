@@ -157,6 +157,57 @@ def corpus_build(
 
 # -- serve (saedex.api) --
 
+from saedex.config import ServeConfig  # noqa: E402 (this section's own import)
+
+_SERVE = ServeConfig()
+
+
+@app.command()
+@user_errors
+def serve(
+    db: Annotated[Path, typer.Option(help="DuckDB index file (opened read-only).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = _SERVE.port,
+    inference: Annotated[
+        bool,
+        typer.Option(help="Allow live activeFeatures (loads the model on first use)."),
+    ] = _SERVE.inference,
+    device: Annotated[
+        str | None, typer.Option(help="Device for live inference (default: cuda if present).")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="An origin allowed by CORS (repeatable; * for any).")
+    ] = None,
+    max_text_chars: Annotated[
+        int, typer.Option(help="Longest text activeFeatures accepts.")
+    ] = _SERVE.max_text_chars,
+    max_page_size: Annotated[
+        int, typer.Option(help="Largest `first` a query may ask for.")
+    ] = _SERVE.max_page_size,
+    max_query_depth: Annotated[
+        int, typer.Option(help="Deepest GraphQL query accepted.")
+    ] = _SERVE.max_query_depth,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Torch threads for live inference (1 is steadiest on a busy machine)."),
+    ] = None,
+):
+    """Serve an index: GraphQL (GraphiQL) at /graphql, REST under /api/ (see docs/api.md)."""
+    from saedex.api.app import serve as run_server
+
+    config = ServeConfig(
+        host=host,
+        port=port,
+        max_page_size=max_page_size,
+        max_query_depth=max_query_depth,
+        max_text_chars=max_text_chars,
+        inference=inference,
+        device=device,
+        cors_origins=tuple(cors_origin or ()),
+    )
+    console.print(f"serving {db} on http://{host}:{port}/graphql (REST: /api/)")
+    run_server(db, config, threads)
+
 
 # -- export-site (saedex.site) --
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import defaultdict
+from array import array
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -49,6 +51,8 @@ class IndexReader:
             raise SaedexError(f"cannot open index {path}: {exc}".splitlines()[0]) from exc
         self._vocab: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+        self._model_names: dict[str, str] = {}
+        self._contexts: OrderedDict[tuple[str, int], tuple[str, str, array]] = OrderedDict()
 
     def close(self) -> None:
         self._con.close()
@@ -86,10 +90,13 @@ class IndexReader:
             return self._vocab[model_name]
 
     def _vocab_for(self, sae_id: str) -> list[str]:
-        info = self.sae(sae_id)
-        if info is None:
-            raise SaedexError(f"unknown SAE: {sae_id!r}")
-        return self.vocab(info.model_name)
+        model_name = self._model_names.get(sae_id)
+        if model_name is None:
+            info = self.sae(sae_id)
+            if info is None:
+                raise SaedexError(f"unknown SAE: {sae_id!r}")
+            model_name = self._model_names[sae_id] = info.model_name
+        return self.vocab(model_name)
 
     # -- features ------------------------------------------------------------------------------
 
@@ -178,16 +185,18 @@ class IndexReader:
     def _example_rows(
         self, sae_id: str, where: str, params: list, indices: list[int]
     ) -> list[tuple]:
-        return self._rows(
-            "SELECT e.feature, e.interval, e.context_id, d.doc_id, d.source, c.token_ids, "
-            "       e.activations, e.max_activation, e.max_position "
-            "FROM examples e "
-            "JOIN contexts c ON c.sae_id = e.sae_id AND c.context_id = e.context_id "
-            "JOIN documents d ON d.sae_id = c.sae_id AND d.doc_index = c.doc_index "
-            f"WHERE e.sae_id = ? AND e.feature IN (SELECT unnest(?)) AND {where} "
+        """Example rows with their context's document and tokens (from the context cache: a
+        join with `contexts` would scan its token lists on every call)."""
+        single = len(indices) == 1
+        rows = self._rows(
+            "SELECT e.feature, e.interval, e.context_id, e.activations, e.max_activation, "
+            "       e.max_position FROM examples e "
+            f"WHERE e.sae_id = ? AND e.feature {'= ?' if single else '= ANY(?)'} AND {where} "
             "ORDER BY e.feature, e.interval, e.rank",
-            [sae_id, list(indices), *params],
+            [sae_id, indices[0] if single else list(indices), *params],
         )
+        contexts = self.contexts(sae_id, {r[2] for r in rows})
+        return [(f, i, c, *contexts[c], acts, mx, pos) for f, i, c, acts, mx, pos in rows]
 
     def feature(self, sae_id: str, index: int) -> FeatureData | None:
         """Everything one dashboard shows, or None for an index out of range."""
@@ -247,6 +256,106 @@ class IndexReader:
             return FeaturePage([], total)
         summaries = self.summaries(sae_id, [r[0] for r in rows])
         return FeaturePage([summaries[r[0]] for r in rows], rows[0][1])
+
+    # -- contexts (saedex.api) -----------------------------------------------------------------
+
+    context_cache_size = 65_536  # contexts kept in memory (token ids as int32: ~0.6 KB each)
+
+    def contexts(
+        self, sae_id: str, context_ids: Iterable[int]
+    ) -> dict[int, tuple[str, str, list[int]]]:
+        """(document id, source, token ids) per context, from an LRU cache filled by one query
+        per call for the misses. The file is read-only, so cached contexts never go stale."""
+        wanted = set(context_ids)
+        found = self._cached_contexts(sae_id, wanted)
+        missing = [c for c in wanted if c not in found]
+        if missing:
+            found.update(self._fetch_contexts(sae_id, "c.context_id = ANY(?)", [missing]))
+        return {c: (doc, source, ids.tolist()) for c, (doc, source, ids) in found.items()}
+
+    def warm_contexts(self, sae_id: str) -> int:
+        """Cache the contexts that examples show (as many as the cache holds), in one query, so
+        a server's first requests do not pay for misses. Returns how many were cached."""
+        condition = (
+            "c.context_id IN (SELECT DISTINCT context_id FROM examples WHERE sae_id = ?) "
+            "ORDER BY c.context_id LIMIT ?"
+        )
+        return len(self._fetch_contexts(sae_id, condition, [sae_id, self.context_cache_size]))
+
+    def _fetch_contexts(self, sae_id: str, condition: str, params: list) -> dict[int, tuple]:
+        rows = self._rows(
+            "SELECT c.context_id, d.doc_id, coalesce(d.source, ''), c.token_ids "
+            "FROM contexts c JOIN documents d "
+            "ON d.sae_id = c.sae_id AND d.doc_index = c.doc_index "
+            f"WHERE c.sae_id = ? AND {condition}",
+            [sae_id, *params],
+        )
+        fetched = {r[0]: (r[1], r[2], array("i", r[3])) for r in rows}
+        self._cache_contexts(sae_id, fetched)
+        return fetched
+
+    def _cached_contexts(self, sae_id: str, wanted: set[int]) -> dict[int, tuple]:
+        found = {}
+        with self._lock:
+            for context_id in wanted:
+                key = (sae_id, context_id)
+                if key in self._contexts:
+                    self._contexts.move_to_end(key)
+                    found[context_id] = self._contexts[key]
+        return found
+
+    def _cache_contexts(self, sae_id: str, fetched: dict[int, tuple]) -> None:
+        with self._lock:
+            for context_id, entry in fetched.items():
+                self._contexts[(sae_id, context_id)] = entry
+            while len(self._contexts) > self.context_cache_size:
+                self._contexts.popitem(last=False)
+
+    # -- search (saedex.api) -------------------------------------------------------------------
+
+    def search_features(
+        self, sae_id: str, query: str, limit: int = 20
+    ) -> list[tuple[int, list[str], int]]:
+        """Features whose top-logit tokens or top examples' text contain `query`, in any case.
+
+        Returns (feature, its matching top-logit tokens, how many of its top examples match),
+        logit matches first. Example text is the context's tokens decoded and joined.
+        """
+        sql = """
+            WITH m AS (SELECT model_name FROM saes WHERE sae_id = $sae),
+            toks AS (
+                SELECT list(token ORDER BY token_id) AS t FROM vocab
+                WHERE model_name = (SELECT model_name FROM m)
+            ),
+            logit_hits AS (
+                SELECT l.feature, list(v.token ORDER BY l.rank) AS tokens
+                FROM feature_logits l JOIN vocab v ON v.token_id = l.token_id
+                WHERE l.sae_id = $sae AND l.kind = 'top'
+                  AND v.model_name = (SELECT model_name FROM m)
+                  AND contains(lower(v.token), lower($q))
+                GROUP BY l.feature
+            ),
+            ctx_hits AS (
+                SELECT c.context_id FROM contexts c, toks
+                WHERE c.sae_id = $sae
+                  AND c.context_id IN (
+                      SELECT context_id FROM examples WHERE sae_id = $sae AND kind = 'top')
+                  AND contains(lower(array_to_string(
+                      list_transform(c.token_ids, lambda i: toks.t[i + 1]), '')), lower($q))
+            ),
+            example_hits AS (
+                SELECT feature, count(*) AS n FROM examples
+                WHERE sae_id = $sae AND kind = 'top'
+                  AND context_id IN (SELECT context_id FROM ctx_hits)
+                GROUP BY feature
+            )
+            SELECT coalesce(l.feature, x.feature) AS feature,
+                   coalesce(l.tokens, []::VARCHAR[]) AS tokens, coalesce(x.n, 0) AS n
+            FROM logit_hits l FULL OUTER JOIN example_hits x ON x.feature = l.feature
+            ORDER BY len(tokens) DESC, n DESC, feature
+            LIMIT $limit
+        """
+        return self._rows(sql, {"sae": sae_id, "q": query, "limit": limit})
 
 
 def _sae(row: tuple) -> SaeInfo:

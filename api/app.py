@@ -1,0 +1,97 @@
+"""The ASGI app: GraphQL (and GraphiQL) at /graphql, the REST mirror under /api/.
+
+All state is built here and passed down explicitly: the reader, the limits, the inference
+engine. Nothing is module-global, so tests can run several apps side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from strawberry.asgi import GraphQL
+from strawberry.types import ExecutionResult
+
+from saedex.api.access_log import AccessLog
+from saedex.api.access_log import configure as configure_access_log
+from saedex.api.context import ApiState, Context
+from saedex.api.errors import INTERNAL
+from saedex.api.inference import InferenceEngine
+from saedex.api.rest import RestApi, error
+from saedex.api.schema import Schema, build_schema
+from saedex.config import ServeConfig
+from saedex.store import IndexReader
+
+
+class GraphQLApp(GraphQL):
+    """strawberry's ASGI view with our per-request context."""
+
+    def __init__(self, schema: Schema, state: ApiState):
+        super().__init__(schema, graphql_ide="graphiql", allow_queries_via_get=True)
+        self.state = state
+
+    async def get_context(self, request: object, response: object) -> Context:
+        return Context.new(self.state)
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> dict:
+        """As strawberry's, but with no `data` key when the request failed before execution
+        (a syntax or validation error), as the GraphQL spec asks."""
+        response = await super().process_result(request, result)
+        if result.data is None and result.errors and all(e.path is None for e in result.errors):
+            response.pop("data", None)
+        return response
+
+
+def create_app(
+    reader: IndexReader, config: ServeConfig, inference: InferenceEngine | None = None
+) -> Starlette:
+    """The app over an open index. With `config.inference` and no engine given, one is made
+    that loads each model lazily on its first live request."""
+    if config.inference and inference is None:
+        inference = InferenceEngine(config.device)
+    state = ApiState.load(reader, config, inference if config.inference else None)
+    schema = build_schema(config)
+    graphql = GraphQLApp(schema, state)
+    routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        *RestApi(schema, state).routes(),
+    ]
+    middleware = [Middleware(AccessLog)]
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["content-type"],
+            )
+        )
+    handlers = {HTTPException: http_error, Exception: internal_error}
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404/405 and friends as JSON, like every other error the API returns."""
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail), "HTTP_ERROR")
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """The catch-all: no traceback for the client (starlette logs it)."""
+    return JSONResponse({"error": "Internal server error.", "code": INTERNAL}, status_code=500)
+
+
+def serve(db: Path, config: ServeConfig, threads: int | None = None) -> None:
+    """Open the index read-only and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    configure_access_log()
+    with IndexReader(db) as reader:
+        app = create_app(reader, config, InferenceEngine(config.device, threads=threads))
+        uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")

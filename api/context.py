@@ -1,0 +1,54 @@
+"""What resolvers and REST handlers see: the server's state, and per request its DataLoaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from saedex.api.errors import NotFound
+from saedex.api.inference import InferenceEngine
+from saedex.api.loaders import Loaders
+from saedex.config import ServeConfig
+from saedex.data import SaeInfo
+from saedex.store import IndexReader
+
+
+@dataclass
+class ApiState:
+    """Shared by every request; built once by create_app. The index is read-only, so the SAE
+    rows are read once here, and the contexts examples show are cached up front."""
+
+    reader: IndexReader
+    config: ServeConfig
+    inference: InferenceEngine | None = None
+    saes: dict[str, SaeInfo] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, reader: IndexReader, config: ServeConfig, inference: InferenceEngine | None
+    ) -> ApiState:
+        saes = {info.id: info for info in reader.saes()}
+        for sae_id in saes:
+            reader.warm_contexts(sae_id)
+        return cls(reader, config, inference, saes)
+
+    def sae(self, sae_id: str) -> SaeInfo:
+        info = self.saes.get(sae_id)
+        if info is None:
+            known = ", ".join(self.saes) or "none"
+            raise NotFound(f"unknown SAE {sae_id!r} (this index has: {known})")
+        return info
+
+    def vocab(self, sae_id: str) -> list[str]:
+        return self.reader.vocab(self.sae(sae_id).model_name)
+
+
+@dataclass
+class Context:
+    """One request's context: its loaders' caches die with it."""
+
+    state: ApiState
+    loaders: Loaders
+
+    @classmethod
+    def new(cls, state: ApiState) -> Context:
+        return cls(state, Loaders(state.reader))
