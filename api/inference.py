@@ -139,10 +139,10 @@ class InferenceEngine:
             log.info("loading model %s", spec)
             self._models[spec] = load_model(spec, self.device, self.dtype)
         model = self._models[spec]
-        if info.id not in self._saes:
+        if info.sae_path not in self._saes:  # by path: engines may serve several indexes
             log.info("loading SAE %s from %s", info.id, info.sae_path)
-            self._saes[info.id] = _load_sae(info).to(model.device)
-        return model, self._saes[info.id]
+            self._saes[info.sae_path] = _load_sae(info).to(model.device)
+        return model, self._saes[info.sae_path]
 
 
 def run_config(info: SaeInfo) -> IndexConfig:

@@ -21,6 +21,7 @@ from saedex.api.inference import InferenceEngine
 from saedex.config import IndexConfig, ServeConfig
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
+from tests.conftest import build_tiny_sae
 
 SAE = "sae"
 EXAMPLE = "contextId documentId source tokens tokenIds activations maxActivation maxTokenIndex"
@@ -377,12 +378,31 @@ def _index_activations(db: Path, doc_id: str) -> tuple[dict, set]:
     return {(p, f): v for p, f, v in rows}, {r[0] for r in excluded}
 
 
-def test_active_features_equal_the_index_on_a_whole_document(client, api_db, tiny_corpus):
+@pytest.fixture(scope="module")
+def topk_db(tmp_path_factory, tiny_model, tiny_corpus) -> Path:
+    """A TopK SAE's index (its sparse encode path), over the first documents only."""
+    root = tmp_path_factory.mktemp("api-topk")
+    sae = build_tiny_sae(root / "topk-sae", architecture="topk", seed=1)
+    cfg = IndexConfig(context_size=40, batch_size=8, sink_norm_multiple=1.3, max_documents=6)
+    job = IndexJob(str(tiny_model), str(sae), str(tiny_corpus), root / "i.duckdb", SAE, config=cfg)
+    run_index(job, False)
+    return root / "i.duckdb"
+
+
+@pytest.mark.parametrize("which", ["standard", "topk"])
+def test_active_features_equal_the_index_on_a_whole_document(
+    which, request, api_db, client, engine, tiny_corpus
+):
     """A document given as text gets exactly the index's activations, sinks included."""
     doc = "doc-3"
+    db = api_db if which == "standard" else request.getfixturevalue("topk_db")
+    want, want_excluded = _index_activations(db, doc)
     text = _document(tiny_corpus, doc)
-    want, want_excluded = _index_activations(api_db, doc)
-    got = data(client, ACTIVE, {"text": text, "k": 100})["activeFeatures"]
+    if which == "standard":
+        got = data(client, ACTIVE, {"text": text, "k": 100})["activeFeatures"]
+    else:
+        with IndexReader(db) as r, TestClient(create_app(r, ServeConfig(), engine)) as c:
+            got = data(c, ACTIVE, {"text": text, "k": 100})["activeFeatures"]
     assert len(got["tokens"]) > 48  # spans several contexts
     assert {i for i, x in enumerate(got["excluded"]) if x} == want_excluded != set()
     values = {
