@@ -212,6 +212,40 @@ def serve(
 # -- export-site (saedex.site) --
 
 
+@app.command("export-site")
+@user_errors
+def export_site_command(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
+    out: Annotated[Path, typer.Option(help="Folder for the MkDocs project.")],
+    build: Annotated[bool, typer.Option(help="Also run `mkdocs build` into OUT/site.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes rendering pages [default: CPU count].")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Export an index as a static MkDocs Material site: one dashboard page per feature.
+
+    Re-running rewrites only the pages whose content changed.
+    """
+    from dataclasses import replace
+
+    from saedex.config import SiteConfig
+    from saedex.site.export import SiteJob, export_site
+
+    cfg = SiteConfig() if workers is None else replace(SiteConfig(), workers=max(1, workers))
+    result = export_site(SiteJob(db, sae, out, cfg, build), progress=not quiet)
+    console.print(
+        f"exported {result.pages:,} pages ({result.written:,} written, {result.removed:,} "
+        f"removed) in {result.export_s:.1f}s -> {result.project}"
+    )
+    if result.site_dir is not None:
+        console.print(
+            f"built in {result.build_s:.1f}s -> {result.site_dir / 'index.html'} "
+            "(open it directly, or serve the folder from any path)"
+        )
+
+
 # -- demo --
 
 
