@@ -15,7 +15,8 @@ from saedex.store import IndexReader
 @dataclass
 class ApiState:
     """Shared by every request; built once by create_app. The index is read-only, so the SAE
-    rows are read once here, and the contexts examples show are cached up front."""
+    rows are read once here, and the contexts examples show are cached up front. Each query
+    runs on one DuckDB thread: requests, not queries, are what run in parallel."""
 
     reader: IndexReader
     config: ServeConfig
@@ -26,6 +27,7 @@ class ApiState:
     def load(
         cls, reader: IndexReader, config: ServeConfig, inference: InferenceEngine | None
     ) -> ApiState:
+        reader.set_threads(1)
         saes = {info.id: info for info in reader.saes()}
         for sae_id in saes:
             reader.warm_contexts(sae_id)

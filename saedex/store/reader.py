@@ -311,6 +311,11 @@ class IndexReader:
             while len(self._contexts) > self.context_cache_size:
                 self._contexts.popitem(last=False)
 
+    def set_threads(self, threads: int) -> None:
+        """DuckDB threads per query. A server runs many small queries at once, and on a busy
+        machine a query split over threads waits for all of them (its p99 grows 3-10x)."""
+        self._con.execute(f"SET threads TO {int(threads)}")
+
     # -- search (saedex.api) -------------------------------------------------------------------
 
     def search_features(
