@@ -137,7 +137,10 @@ class InferenceEngine:
             if self.threads:
                 torch.set_num_threads(self.threads)
             log.info("loading model %s", spec)
-            self._models[spec] = load_model(spec, self.device, self.dtype)
+            try:
+                self._models[spec] = load_model(spec, self.device, self.dtype)
+            except SaedexError as exc:
+                raise Unavailable(f"cannot load the model of {info.id!r}: {exc}") from exc
         model = self._models[spec]
         if info.sae_path not in self._saes:  # by path: engines may serve several indexes
             log.info("loading SAE %s from %s", info.id, info.sae_path)

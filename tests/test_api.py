@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -546,6 +547,27 @@ def test_openapi_document(client):
 def test_graphiql_is_served(client):
     page = client.get("/graphql", headers={"accept": "text/html"})
     assert page.status_code == 200 and "graphiql" in page.text.lower()
+
+
+def test_introspection_passes_the_depth_limit(client):
+    """GraphiQL's own introspection query is deep; it must not trip the limiter."""
+    from graphql import get_introspection_query
+
+    schema = data(client, get_introspection_query())["__schema"]
+    names = {t["name"] for t in schema["types"]}
+    assert {"Feature", "Example", "TokenList", "FeatureConnection"} <= names
+
+
+def test_live_sae_missing_is_unavailable(reader, engine, monkeypatch):
+    app = create_app(reader, ServeConfig(), engine)
+    state = [r for r in app.routes if r.path == "/graphql"][0].app.state
+    info = state.saes[SAE]
+    monkeypatch.setitem(state.saes, SAE, dataclasses.replace(info, sae_path="/no/such/sae"))
+    with TestClient(app) as c:
+        err = error(c, ACTIVE, {"text": "fox"})
+        response = c.post("/api/active-features", json={"sae": SAE, "text": "fox"})
+    assert err["extensions"]["code"] == "UNAVAILABLE" and "/no/such/sae" in err["message"]
+    assert response.status_code == 503
 
 
 def test_malformed_query_gets_a_spec_error(client):
