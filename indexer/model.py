@@ -125,12 +125,22 @@ def default_model_dir() -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             gguf_dir, gguf_file=DEFAULT_GGUF, dtype=torch.float32
         )
+        _forget_gguf_quantizer(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """GGUF weights load dequantised to fp32, but transformers still marks the model as
+    quantized and refuses to save it; the marker is all that stands in the way."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
 
 
 def _smollm2_package_dir() -> str:
