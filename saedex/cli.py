@@ -154,6 +154,116 @@ def corpus_build(
 
 # -- train-sae (saedex.indexer.training) --
 
+from saedex.config import TrainConfig  # noqa: E402 (this section's own import)
+
+_TRAIN = TrainConfig()
+
+
+@app.command("train-sae")
+@user_errors
+def train_sae(
+    out: Annotated[Path, typer.Option(help="Directory for the SAE, checkpoints and report.")],
+    hook: Annotated[str, typer.Option(help="Hook to train on, e.g. blocks.6.hook_resid_post.")],
+    model: Annotated[
+        str, typer.Option(help='"default", a local HF model directory, or a model name.')
+    ] = "default",
+    corpus: Annotated[
+        str, typer.Option(help='"default", a text file, a directory, JSONL or Parquet.')
+    ] = "default",
+    architecture: Annotated[
+        str, typer.Option(help="topk (with AuxK) or standard (ReLU + L1).")
+    ] = _TRAIN.architecture,
+    d_sae: Annotated[int, typer.Option(help="Number of latents.")] = _TRAIN.d_sae,
+    k: Annotated[int, typer.Option(help="Active latents per token (topk).")] = _TRAIN.k,
+    l1_coefficient: Annotated[
+        float, typer.Option(help="L1 penalty, in units of the data's norm (standard).")
+    ] = _TRAIN.l1_coefficient,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = _TRAIN.lr,
+    total_tokens: Annotated[
+        int, typer.Option(help="Training tokens (the corpus repeats if shorter).")
+    ] = _TRAIN.total_tokens,
+    corpus_tokens: Annotated[
+        int | None,
+        typer.Option(help="Use only the first N training tokens (epochs repeat them)."),
+    ] = _TRAIN.corpus_tokens,
+    activation_cache: Annotated[
+        Path | None,
+        typer.Option(help="Keep activations here (fp16) so later epochs skip the model."),
+    ] = None,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per SAE step.")] = _TRAIN.batch_tokens,
+    buffer_tokens: Annotated[
+        int, typer.Option(help="Shuffling buffer size in tokens (bounds memory).")
+    ] = _TRAIN.buffer_tokens,
+    model_batch_size: Annotated[
+        int, typer.Option(help="Contexts per model batch.")
+    ] = _TRAIN.model_batch_size,
+    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = _TRAIN.context_size,
+    bos: Annotated[bool, typer.Option(help="Prepend BOS to every context.")] = _TRAIN.prepend_bos,
+    sink_norm_multiple: Annotated[
+        float,
+        typer.Option(help="Skip tokens whose norm exceeds this x their context median (0: off)."),
+    ] = _TRAIN.sink_norm_multiple,
+    aux_k: Annotated[int, typer.Option(help="Dead latents used by AuxK.")] = _TRAIN.aux_k,
+    aux_coefficient: Annotated[
+        float, typer.Option(help="Weight of the AuxK loss.")
+    ] = _TRAIN.aux_coefficient,
+    dead_tokens: Annotated[
+        int, typer.Option(help="A latent silent this many tokens is dead (AuxK).")
+    ] = _TRAIN.dead_tokens,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Steps between checkpoints.")
+    ] = _TRAIN.checkpoint_every,
+    eval_tokens: Annotated[
+        int, typer.Option(help="Held-out tokens for the report.")
+    ] = _TRAIN.eval_tokens,
+    ce_eval_tokens: Annotated[
+        int, typer.Option(help="Held-out tokens for CE loss recovered (3 full forwards).")
+    ] = _TRAIN.ce_eval_tokens,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = _TRAIN.seed,
+    device: Annotated[
+        str | None, typer.Option(help="cuda, cpu, ... [default: cuda if present].")
+    ] = None,
+    save_dtype: Annotated[
+        str, typer.Option(help="Weights dtype on disk: float32, bfloat16 or float16.")
+    ] = "float32",
+    resume: Annotated[
+        bool, typer.Option(help="Continue from OUT/checkpoints if present (else start over).")
+    ] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Train a TopK or ReLU SAE on a model hook; writes SAELens format and a held-out report.
+
+    Resumable: if interrupted, run the same command again.
+    """
+    from saedex.indexer.training import TrainJob
+    from saedex.indexer.training import train_sae as run_training
+
+    cfg = TrainConfig(
+        architecture=architecture,
+        d_sae=d_sae,
+        k=k,
+        l1_coefficient=l1_coefficient,
+        lr=lr,
+        batch_tokens=batch_tokens,
+        total_tokens=total_tokens,
+        corpus_tokens=corpus_tokens,
+        context_size=context_size,
+        prepend_bos=bos,
+        model_batch_size=model_batch_size,
+        buffer_tokens=buffer_tokens,
+        aux_k=aux_k,
+        aux_coefficient=aux_coefficient,
+        dead_tokens=dead_tokens,
+        sink_norm_multiple=sink_norm_multiple,
+        checkpoint_every=checkpoint_every,
+        eval_tokens=eval_tokens,
+        ce_eval_tokens=ce_eval_tokens,
+        seed=seed,
+    )
+    job = TrainJob(model, hook, corpus, out, device, save_dtype, activation_cache, cfg)
+    report = run_training(job, progress=not quiet, resume=resume)
+    console.print(f"SAE in {out}; {report.summary()}", highlight=False)
+
 
 # -- serve (saedex.api) --
 

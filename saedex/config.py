@@ -56,6 +56,7 @@ class TrainConfig:
     lr: float = 4e-4
     batch_tokens: int = 1024
     total_tokens: int = 2_000_000
+    corpus_tokens: int | None = None  # use only the first N training tokens per epoch
     context_size: int = 128
     prepend_bos: bool = True
     model_batch_size: int = 16
@@ -66,6 +67,7 @@ class TrainConfig:
     sink_norm_multiple: float = 4.0
     checkpoint_every: int = 500
     eval_tokens: int = 50_000
+    ce_eval_tokens: int = 16_384  # CE loss recovered needs 3 full forwards: fewer tokens
     seed: int = 0
 
     def to_dict(self) -> dict:
