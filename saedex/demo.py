@@ -1,0 +1,125 @@
+"""`saedex demo`: the whole job on the embedded default, from nothing to a served index and site.
+
+Each step reuses what an earlier run built: the cached default model and corpus, a complete
+index (or a partial one, resumed), and a built site whose pages did not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from saedex.config import IndexConfig, ServeConfig, SiteConfig
+from saedex.data import SaeInfo
+
+DEMO_TOKENS = 300_000
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Where the demo writes, how much of the default corpus it indexes, where it serves."""
+
+    workdir: Path = Path("demo")
+    max_tokens: int = DEMO_TOKENS
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "index.duckdb"
+
+    @property
+    def site_project(self) -> Path:
+        return self.workdir / "site-project"
+
+
+def prepare(cfg: DemoConfig, console: Console, progress: bool = True) -> tuple[SaeInfo, Path]:
+    """Corpus, index and built site; returns the index's run and the built site's folder."""
+    from saedex.indexer.default_corpus import default_corpus_path
+    from saedex.indexer.indexing import IndexJob, run_index
+    from saedex.site.build import build_site
+    from saedex.site.export import SiteJob, export_site
+
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    console.rule("1/3 default corpus")
+    console.print(f"corpus: {default_corpus_path()}")
+    console.rule("2/3 index: default model x shipped SAE")
+    job = IndexJob(
+        "default", "default", "default", cfg.db, config=IndexConfig(max_tokens=cfg.max_tokens)
+    )
+    info = run_index(job, progress=progress)
+    console.print(f"index: {info.id}, {info.n_tokens:,} tokens, {info.d_sae:,} features")
+    console.rule("3/3 static site")
+    result = export_site(SiteJob(cfg.db, info.id, cfg.site_project), progress=progress)
+    site_dir = cfg.site_project / "site"
+    if result.written or not (site_dir / "index.html").is_file():
+        site_dir = build_site(cfg.site_project, SiteConfig().workers, progress)
+    else:
+        console.print("site unchanged: reusing the last build")
+    return info, site_dir
+
+
+def serve(cfg: DemoConfig, info: SaeInfo, site_dir: Path, console: Console) -> None:
+    """The API at /graphql and /api/, the built site under /site/, one uvicorn process."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    from saedex.api.access_log import configure as configure_access_log
+    from saedex.api.app import create_app
+    from saedex.store import IndexReader
+
+    configure_access_log()
+    with IndexReader(cfg.db) as reader:
+        api = create_app(reader, ServeConfig(host=cfg.host, port=cfg.port))
+        app = Starlette(
+            routes=[
+                Mount("/site", StaticFiles(directory=site_dir, html=True), name="site"),
+                Mount("/", api),
+            ]
+        )
+        console.print(welcome(cfg, info, example_feature(reader, info)), highlight=False)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=False, log_level="warning")
+
+
+def example_feature(reader, info: SaeInfo) -> int:
+    """A live, not-too-dense feature with a strong top example, to show first."""
+    page = reader.list_features(
+        info.id, order_by="max_activation", descending=True, min_density=1e-4, max_density=0.05
+    )
+    return page.items[0].index if page.items else 0
+
+
+def welcome(cfg: DemoConfig, info: SaeInfo, feature: int) -> str:
+    base = f"http://{cfg.host}:{cfg.port}"
+    query = (
+        f'{{ feature(sae: "{info.id}", index: {feature}) {{ density maxActivation '
+        "topLogits { token value } topExamples(first: 3) { maxActivation tokens activations } } }"
+    )
+    live = (
+        f'{{ activeFeatures(sae: "{info.id}", text: "def main():\\n    return 42", topK: 5) '
+        "{ tokens features { index maxValue values } } }"
+    )
+    return "\n".join(
+        [
+            "",
+            f"[bold green]saedex is serving {info.id}[/]",
+            f"  GraphQL (GraphiQL): {base}/graphql",
+            f"  REST:               {base}/api/saes   {base}/api/features/{info.id}/{feature}",
+            f"  OpenAPI:            {base}/api/openapi.json",
+            f"  site:               {base}/site/   (also: {site_index(cfg)})",
+            "",
+            "Paste into GraphiQL:",
+            f"  {query}",
+            f"  {live}",
+            "",
+            "Ctrl-C to stop; `make demo` again reuses everything built.",
+        ]
+    )
+
+
+def site_index(cfg: DemoConfig) -> Path:
+    return (cfg.site_project / "site" / "index.html").resolve()
