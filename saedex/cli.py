@@ -359,6 +359,32 @@ def export_site_command(
 # -- demo --
 
 
+@app.command()
+@user_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the index and site go.")] = Path("demo"),
+    max_tokens: Annotated[
+        int, typer.Option(help="Tokens of the default corpus to index.")
+    ] = 300_000,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    serve: Annotated[bool, typer.Option(help="Serve when ready (--no-serve: build only).")] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Everything on the embedded default: corpus, index, site; then serve API + site.
+
+    Re-running reuses whatever is already built.
+    """
+    from saedex import demo as demo_job
+
+    cfg = demo_job.DemoConfig(workdir, max_tokens, host, port)
+    info, site_dir = demo_job.prepare(cfg, console, progress=not quiet)
+    if serve:
+        demo_job.serve(cfg, info, site_dir, console)
+    else:
+        console.print(f"ready: {cfg.db} and {demo_job.site_index(cfg)}")
+
+
 def main() -> None:
     app()
 
