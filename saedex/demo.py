@@ -86,11 +86,18 @@ def serve(cfg: DemoConfig, info: SaeInfo, site_dir: Path, console: Console) -> N
 
 
 def example_feature(reader, info: SaeInfo) -> int:
-    """A live, not-too-dense feature with a strong top example, to show first."""
+    """A strong, not-too-dense feature to show first, skipping position features (ones whose
+    top examples peak on a context's first token, which says little about the text)."""
     page = reader.list_features(
-        info.id, order_by="max_activation", descending=True, min_density=1e-4, max_density=0.05
-    )
-    return page.items[0].index if page.items else 0
+        info.id, order_by="max_activation", descending=True, min_density=1e-4, max_density=0.02,
+        limit=50,
+    )  # fmt: skip
+    candidates = [f.index for f in page.items]
+    tops = reader.top_examples(info.id, candidates, first=5)
+    for index in candidates:
+        if sum(e.max_token_index > 1 for e in tops[index]) >= 4:
+            return index
+    return candidates[0] if candidates else 0
 
 
 def welcome(cfg: DemoConfig, info: SaeInfo, feature: int) -> str:
