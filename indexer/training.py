@@ -353,12 +353,17 @@ def _sae_config(job: TrainJob, model: LoadedModel, d_in: int) -> SaeConfig:
 
 
 def _initial_weights(d_in: int, cfg: TrainConfig, sample: torch.Tensor) -> dict:
-    """Unit-norm random decoder rows, W_enc = W_dec.T, b_dec = geometric median of a sample."""
+    """Unit-norm random decoder rows, W_enc = W_dec.T, b_dec = geometric median of a sample.
+
+    With ReLU about half the latents fire at first and their projections add up to about
+    d_sae / (2 d_in) times the input, so the standard encoder starts scaled down by that factor.
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     w_dec = torch.randn(cfg.d_sae, d_in, generator=gen)
     w_dec /= w_dec.norm(dim=1, keepdim=True)
+    scale = 1.0 if cfg.architecture == "topk" else min(1.0, 2 * d_in / cfg.d_sae)
     return {
-        "W_enc": w_dec.T.clone(),
+        "W_enc": w_dec.T * scale,
         "b_enc": torch.zeros(cfg.d_sae),
         "W_dec": w_dec,
         "b_dec": geometric_median(sample),

@@ -52,7 +52,7 @@ class TrainConfig:
     architecture: str = "topk"  # "topk" or "standard" (ReLU + L1)
     d_sae: int = 4608
     k: int = 32
-    l1_coefficient: float = 5.0
+    l1_coefficient: float = 0.1  # scale-free: see docs/training.md
     lr: float = 4e-4
     batch_tokens: int = 1024
     total_tokens: int = 2_000_000

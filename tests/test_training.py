@@ -188,12 +188,17 @@ def test_activation_cache_serves_later_epochs(tiny_model, tiny_corpus, tmp_path,
         train_sae(replace(cached(tmp_path / "c"), hook="blocks.1.hook_resid_post"), progress=False)
 
 
-def test_a_changed_setting_refuses_to_resume(trained, tiny_model, tiny_corpus, tmp_path):
+def test_a_changed_setting_refuses_to_resume_unless_told_to_restart(
+    trained, tiny_model, tiny_corpus, tmp_path, monkeypatch
+):
     out = tmp_path / "copy"
     shutil.copytree(trained[0], out)
     with pytest.raises(SaedexError, match="other settings \\(lr\\)") as err:
         train_sae(job(tiny_model, tiny_corpus, out, lr=1e-3), progress=False)
     assert "\n" not in str(err.value)
+    steps = record_steps(monkeypatch)
+    train_sae(job(tiny_model, tiny_corpus, out, lr=1e-3), progress=False, resume=False)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
 
 
 @pytest.mark.parametrize(
