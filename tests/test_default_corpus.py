@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from saedex.indexer import default_corpus as dc
 
 from saedex.errors import SaedexError
+from saedex.indexer import default_corpus as dc
 
 BOOKS = ("Genesis", "1 Samuel", "Song of Solomon")
 DOCSTRING_MODULE = '''"""A fake module, documented at length so it is long enough to keep."""
