@@ -106,7 +106,8 @@ def _run(job, writer, model, sae, sae_dir, sae_id, corpus_path, state, progress)
     cfg = job.config
     validate_hook(model, sae.cfg.hook_name)
     sae.to(model.device)
-    writer.write_vocab(model.name, model.token_strings())
+    if writer.vocab_size(model.name) != model.vocab_size:  # decoding 49k tokens costs ~0.3 s
+        writer.write_vocab(model.name, model.token_strings())
     if state is None or state.status != STATUS_RUNNING:
         _plan(job, writer, model, sae, sae_dir, sae_id, corpus_path, progress)
         state = writer.run_state(sae_id)

@@ -50,10 +50,14 @@ class LoadedModel:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else self.bos_token_id
 
+    @property
+    def vocab_size(self) -> int:
+        """Ids the model can emit (the unembedding may be wider than the tokenizer)."""
+        return max(len(self.tokenizer), int(self.bridge.cfg.d_vocab))
+
     def token_strings(self) -> list[str]:
         """Each id decoded alone, as a reader sees it in an example."""
-        size = max(len(self.tokenizer), int(self.bridge.cfg.d_vocab))
-        return [self.tokenizer.decode([i]) for i in range(size)]
+        return [self.tokenizer.decode([i]) for i in range(self.vocab_size)]
 
 
 def resolve_device(device: str | None) -> str:

@@ -112,13 +112,14 @@ class IndexWriter:
             "UPDATE saes SET n_skipped_documents = ? WHERE sae_id = ?", [n_skipped, sae_id]
         )
 
-    def write_vocab(self, model_name: str, tokens: list[str]) -> None:
-        """Store the model's decoded token strings once, so readers need no tokenizer."""
-        have = self.con.execute(
+    def vocab_size(self, model_name: str) -> int:
+        """Token strings already stored for a model (0 if none)."""
+        return self.con.execute(
             "SELECT count(*) FROM vocab WHERE model_name = ?", [model_name]
         ).fetchone()[0]
-        if have == len(tokens):
-            return
+
+    def write_vocab(self, model_name: str, tokens: list[str]) -> None:
+        """Store (or replace) the model's decoded token strings, so readers need no tokenizer."""
         table = pa.table(
             {
                 "model_name": pa.array([model_name] * len(tokens)),
