@@ -46,11 +46,12 @@ def logit_lens(
     hist_cols: dict[str, list] = {"feature": [], "edges": [], "counts": []}
     unembed = unembed.to(w_dec.device)
     n = min(n_logits, unembed.shape[1])
+    scratch = unembed.new_empty(min(chunk, w_dec.shape[0]), unembed.shape[1])  # reused: ~100 MB
     for start in range(0, w_dec.shape[0], chunk):
         d = w_dec[start : start + chunk].float()
         if centre:
             d = d - d.mean(dim=1, keepdim=True)
-        values = d @ unembed
+        values = torch.mm(d, unembed, out=scratch[: d.shape[0]])
         features = torch.arange(start, start + d.shape[0])
         for kind, largest in (("top", True), ("bottom", False)):
             top = values.topk(n, dim=1, largest=largest)
@@ -88,12 +89,14 @@ def _append_ranked(cols, features, kind, values, indices) -> None:
 
 
 def _row_histograms(values: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row equal-width histograms over each row's min..max, as one bincount."""
-    lo = values.min(dim=1, keepdim=True).values
-    hi = values.max(dim=1, keepdim=True).values
+    """Per-row equal-width histograms over each row's min..max, as one bincount.
+
+    Overwrites `values` (bin indices are computed in place: the chunk is ~100 MB).
+    """
+    lo, hi = torch.aminmax(values, dim=1, keepdim=True)
     scale = bins / (hi - lo).clamp_min(1e-12)
-    idx = ((values - lo) * scale).long().clamp_(0, bins - 1)
-    idx += torch.arange(values.shape[0], device=values.device)[:, None] * bins
+    idx = values.sub_(lo).mul_(scale).to(torch.int32).clamp_(0, bins - 1)
+    idx += torch.arange(values.shape[0], dtype=torch.int32, device=values.device)[:, None] * bins
     counts = torch.bincount(idx.view(-1), minlength=values.shape[0] * bins)
     steps = torch.arange(bins + 1, dtype=torch.float64, device=values.device) / bins
     edges = lo.double() + (hi - lo).double() * steps

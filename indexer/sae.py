@@ -67,10 +67,13 @@ class SparseAutoencoder(torch.nn.Module):
         threshold = weights.get("threshold", torch.zeros(cfg.d_sae))
         self.threshold = torch.nn.Parameter(threshold, requires_grad=False)
 
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_acts(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ W_enc + b_enc; `out` ([n, d_sae], x flattened to n rows) is reused scratch space."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        # addmm fuses the bias add: one pass fewer over the large [n, d_sae] output
+        flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc, out=out)
+        return flat.reshape(*x.shape[:-1], -1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense feature activations, shape [..., d_sae]."""
@@ -78,21 +81,31 @@ class SparseAutoencoder(torch.nn.Module):
         if self.cfg.architecture == "topk":
             values, indices = pre.topk(self.cfg.k, dim=-1)
             return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        return self._activate(pre)
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         acts = pre.relu()
         if self.cfg.architecture == "jumprelu":
             acts = acts * (pre > self.threshold)
         return acts
 
-    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode_sparse(
+        self, x: torch.Tensor, workspace: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row, feature, value) of every non-zero activation of x [n, d_in], row-major.
 
-        TopK takes them straight from topk, never materialising the dense [n, d_sae] tensor.
+        TopK takes them straight from topk, never materialising the dense activations.
+        `workspace` ([>= n, d_sae]) holds the pre-activations: a caller encoding batch after
+        batch passes the same one and saves a large allocation (and its page faults) per call.
         """
+        fits = workspace is not None and workspace.shape[0] >= x.shape[0]
+        out = workspace[: x.shape[0]] if fits else None
+        pre = self.pre_acts(x, out)
         if self.cfg.architecture != "topk":
-            acts = self.encode(x)
+            acts = self._activate(pre)
             rows, features = acts.nonzero(as_tuple=True)
             return rows, features, acts[rows, features]
-        values, indices = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         indices, order = indices.sort(dim=-1)
         values = values.gather(-1, order)
         keep = values > 0
