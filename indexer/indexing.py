@@ -190,25 +190,35 @@ def _run_row(job, model, sae, sae_dir, sae_id, corpus_path) -> dict:
 def _pass(writer, model, sae, sae_id, cfg: IndexConfig, state, progress) -> None:
     remaining = writer.remaining_tokens(sae_id, state.contexts_done)
     done = state.contexts_done
-    with progress_bar("tok", progress) as bar:
+    last_commit = time.perf_counter()
+    with progress_bar("tok", progress) as bar, writer.pass_writer(sae_id) as out:
         task = bar.add_task("indexing", total=remaining)
+        workspace = sae.W_enc.new_empty(cfg.batch_size * cfg.context_size, sae.cfg.d_sae)
         for batch in writer.batches(sae_id, done, cfg.batch_size):
             started = time.perf_counter()
-            acts, excluded, n_tokens = encode_batch(model, sae, batch, cfg)
+            acts, excluded, n_tokens = encode_batch(model, sae, batch, cfg, workspace)
             done = batch.context_ids[-1] + 1
-            writer.append_batch(
-                sae_id, done, acts, excluded, n_tokens, time.perf_counter() - started
-            )
+            out.append(done, acts, excluded, n_tokens, time.perf_counter() - started)
+            if time.perf_counter() - last_commit >= cfg.commit_interval_s:
+                out.commit()
+                last_commit = time.perf_counter()
             bar.advance(task, sum(len(t) for t in batch.token_ids))
 
 
 @torch.inference_mode()
 def encode_batch(
-    model: LoadedModel, sae: SparseAutoencoder, batch: Batch, cfg: IndexConfig
+    model: LoadedModel,
+    sae: SparseAutoencoder,
+    batch: Batch,
+    cfg: IndexConfig,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[pa.Table, pa.Table, int]:
-    """Sparse activations of every counted token in a batch, and the sinks left out."""
+    """Sparse activations of every counted token in a batch, and the sinks left out.
+
+    `workspace`: scratch for the SAE's pre-activations, reused across batches.
+    """
     resid, counted, ratio = hook_activations(model, batch, sae.cfg.hook_name, cfg)
-    rows, features, values = sae.encode_sparse(resid[counted].to(sae.W_enc.dtype))
+    rows, features, values = sae.encode_sparse(resid[counted].to(sae.W_enc.dtype), workspace)
     ctx_rows, positions = counted.nonzero(as_tuple=True)
     context_ids = torch.tensor(batch.context_ids, device=ctx_rows.device)
     acts = pa.table(

@@ -71,6 +71,9 @@ def index(
     batch_size: Annotated[
         int, typer.Option(help="Contexts per model batch.")
     ] = _DEFAULTS.batch_size,
+    commit_interval: Annotated[
+        float, typer.Option(help="Seconds between commits during the pass (a kill loses less).")
+    ] = _DEFAULTS.commit_interval_s,
     top_k: Annotated[int, typer.Option(help="Top examples per feature.")] = _DEFAULTS.top_k,
     n_intervals: Annotated[
         int, typer.Option(help="Equal-width activation intervals.")
@@ -105,6 +108,7 @@ def index(
         context_size=context_size,
         prepend_bos=bos,
         batch_size=batch_size,
+        commit_interval_s=commit_interval,
         top_k=top_k,
         n_intervals=n_intervals,
         examples_per_interval=examples_per_interval,

@@ -21,6 +21,9 @@ class IndexConfig:
     context_size: int = 128
     prepend_bos: bool = True
     batch_size: int = 16
+    # The pass commits its batches at most this often: a kill loses at most this much work, and
+    # fewer commits (each one syncs the WAL to disk) cost less.
+    commit_interval_s: float = 2.0
     top_k: int = 20
     n_intervals: int = 10
     examples_per_interval: int = 5
@@ -40,7 +43,7 @@ class IndexConfig:
 
     def differs_from(self, stored: dict) -> list[str]:
         """Names of the settings that differ from a stored run's (ignoring ones safe to change)."""
-        safe = {"batch_size"}
+        safe = {"batch_size", "commit_interval_s"}
         mine = self.to_dict()
         return sorted(k for k in mine if k not in safe and stored.get(k) != mine[k])
 

@@ -23,7 +23,7 @@ def index_cmd(model: Path, sae: Path, corpus: Path, db: Path) -> list[str]:
     return [
         sys.executable, "-m", "saedex.cli", "index", "--model", str(model), "--sae", str(sae),
         "--corpus", str(corpus), "--db", str(db), "--context-size", "24", "--batch-size", "2",
-        "--quiet",
+        "--commit-interval", "0", "--quiet",
     ]  # fmt: skip
 
 

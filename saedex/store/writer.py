@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from saedex.config import IndexConfig
@@ -154,30 +155,9 @@ class IndexWriter:
             [sae_id, start],
         ).fetchone()[0]
 
-    def append_batch(
-        self,
-        sae_id: str,
-        contexts_done: int,
-        activations: pa.Table,
-        excluded: pa.Table,
-        n_tokens: int,
-        elapsed_s: float,
-    ) -> None:
-        """Commit one batch's sparse activations together with the run's progress."""
-        with self._transaction():
-            self.con.register("_acts", activations)
-            self.con.execute("INSERT INTO activations SELECT ?, * FROM _acts", [sae_id])
-            self.con.unregister("_acts")
-            if excluded.num_rows:
-                self.con.register("_excl", excluded)
-                self.con.execute("INSERT INTO excluded_tokens SELECT ?, * FROM _excl", [sae_id])
-                self.con.unregister("_excl")
-            self.con.execute(
-                "UPDATE saes SET contexts_done = ?, n_tokens = n_tokens + ?, "
-                "n_excluded_tokens = n_excluded_tokens + ?, duration_s = duration_s + ? "
-                "WHERE sae_id = ?",
-                [contexts_done, n_tokens, excluded.num_rows, elapsed_s, sae_id],
-            )
+    def pass_writer(self, sae_id: str) -> PassWriter:
+        """Where the pass appends its batches; see PassWriter."""
+        return PassWriter(self.con, sae_id)
 
     # -- aggregation ---------------------------------------------------------------------------
 
@@ -214,6 +194,8 @@ class IndexWriter:
                 self.con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql})
                 if sql is _STATS_SQL:
                     self.con.execute("RESET threads")
+                if sql is _EXAMPLES_SQL:
+                    self._insert_examples(sae_id)
             for name in ("_logits", "_lhist", "_nb"):
                 self.con.unregister(name)
             self.con.execute(
@@ -223,6 +205,42 @@ class IndexWriter:
                 "WHERE sae_id = $1".replace("$1", "?"),
                 [STATUS_COMPLETE, datetime.now(), elapsed_s, sae_id, sae_id],
             )
+
+    def _insert_examples(self, sae_id: str, chunk_rows: int = 1 << 16) -> None:
+        """Store each chosen example with its per-token activations, dense, aligned with the
+        context's tokens, and its max (top examples) or sampled token (interval samples).
+
+        The scatter into dense rows is numpy's: per-token list lookups in SQL took longer than
+        the rest of the aggregation together.
+        """
+        meta = self.con.sql(_EXAMPLE_ROWS_SQL).to_arrow_table()
+        sparse = self.con.sql(_EXAMPLE_VALUES_SQL).to_arrow_table()
+        rows, positions, values = (sparse[c].to_numpy() for c in ("row", "position", "value"))
+        lengths = meta["n_tokens"].to_numpy()
+        picked = meta["position"].to_numpy()
+        for lo in range(0, meta.num_rows, chunk_rows):
+            hi = min(lo + chunk_rows, meta.num_rows)
+            a, b = np.searchsorted(rows, [lo, hi])
+            n = lengths[lo:hi]
+            dense = np.zeros((hi - lo, int(n.max())), np.float32)
+            dense[rows[a:b] - lo, positions[a:b]] = values[a:b]
+            # top examples (position -1) show their first maximum
+            at = np.where(picked[lo:hi] < 0, dense.argmax(axis=1), picked[lo:hi])
+            offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
+            flat = dense[np.arange(dense.shape[1])[None, :] < n[:, None]]
+            chunk = meta.slice(lo, hi - lo).select(
+                ["feature", "kind", "interval", "rank", "context_id"]
+            )
+            chunk = (
+                chunk.append_column("max_activation", pa.array(dense[np.arange(hi - lo), at]))
+                .append_column("max_position", pa.array(at.astype(np.int16)))
+                .append_column(
+                    "activations", pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+                )
+            )
+            self.con.register("_ex_rows", chunk)
+            self.con.execute("INSERT INTO examples SELECT ?, * FROM _ex_rows", [sae_id])
+            self.con.unregister("_ex_rows")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -247,6 +265,68 @@ class IndexWriter:
 
     def _transaction(self):
         return _Transaction(self.con)
+
+
+class PassWriter:
+    """Appends batches of sparse activations, committing them with the run's progress.
+
+    Batches accumulate in one open transaction until `commit()` (the caller decides how often):
+    a commit syncs the WAL to disk, which costs more than inserting a batch. A crash loses only
+    the uncommitted batches, and the stored progress counter says where to resume.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sae_id: str):
+        self.con = con
+        self.sae_id = sae_id
+        self._open = False
+        self._progress = {"done": None, "tokens": 0, "excluded": 0, "seconds": 0.0}
+
+    def __enter__(self) -> PassWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.commit()
+        elif self._open:
+            self.con.execute("ROLLBACK")
+
+    def append(
+        self,
+        contexts_done: int,
+        activations: pa.Table,
+        excluded: pa.Table,
+        n_tokens: int,
+        elapsed_s: float,
+    ) -> None:
+        if not self._open:
+            self.con.execute("BEGIN TRANSACTION")
+            self._open = True
+        self.con.register("_acts", activations)
+        self.con.execute("INSERT INTO activations SELECT ?, * FROM _acts", [self.sae_id])
+        self.con.unregister("_acts")
+        if excluded.num_rows:
+            self.con.register("_excl", excluded)
+            self.con.execute("INSERT INTO excluded_tokens SELECT ?, * FROM _excl", [self.sae_id])
+            self.con.unregister("_excl")
+        progress = self._progress
+        progress["done"] = contexts_done
+        progress["tokens"] += n_tokens
+        progress["excluded"] += excluded.num_rows
+        progress["seconds"] += elapsed_s
+
+    def commit(self) -> None:
+        if not self._open:
+            return
+        p = self._progress
+        self.con.execute(
+            "UPDATE saes SET contexts_done = ?, n_tokens = n_tokens + ?, "
+            "n_excluded_tokens = n_excluded_tokens + ?, duration_s = duration_s + ? "
+            "WHERE sae_id = ?",
+            [p["done"], p["tokens"], p["excluded"], p["seconds"], self.sae_id],
+        )
+        self.con.execute("COMMIT")
+        self._open = False
+        self._progress = {"done": None, "tokens": 0, "excluded": 0, "seconds": 0.0}
 
 
 class _Transaction:
@@ -275,6 +355,13 @@ _STATS_SQL = """
     FROM activations WHERE sae_id = $sae GROUP BY feature
     """
 
+_EXAMPLES_SQL = """
+    CREATE OR REPLACE TEMP TABLE _example_rows AS
+    SELECT (row_number() OVER (ORDER BY e.feature, e.kind DESC, e.interval, e.rank)) - 1 AS row,
+           e.*, len(c.token_ids) AS n_tokens
+    FROM _examples e JOIN contexts c ON c.sae_id = $sae AND c.context_id = e.context_id
+    """
+
 _FINALIZE_SQL = (
     "SET threads = 1",
     _STATS_SQL,
@@ -287,10 +374,14 @@ _FINALIZE_SQL = (
     FROM activations a JOIN _stats s USING (feature) WHERE a.sae_id = $sae
     """,
     """
+    CREATE OR REPLACE TEMP TABLE _counts AS
+    SELECT feature, bin, interval, count(*) AS n FROM _binned GROUP BY ALL
+    """,
+    """
     CREATE OR REPLACE TEMP TABLE _hist AS
     SELECT s.feature, list(coalesce(c.n, 0) ORDER BY r.bin) AS counts
     FROM _stats s CROSS JOIN range($bins) r(bin)
-    LEFT JOIN (SELECT feature, bin, count(*) AS n FROM _binned GROUP BY ALL) c
+    LEFT JOIN (SELECT feature, bin, sum(n)::BIGINT AS n FROM _counts GROUP BY ALL) c
            ON c.feature = s.feature AND c.bin = r.bin
     GROUP BY s.feature
     """,
@@ -313,59 +404,42 @@ _FINALIZE_SQL = (
     SELECT $sae, s.feature, r.i, s.mx * r.i / $n_int, s.mx * (r.i + 1) / $n_int,
            coalesce(c.n, 0), coalesce(c.n, 0) / s.n_active
     FROM _stats s CROSS JOIN range($n_int) r(i)
-    LEFT JOIN (SELECT feature, interval, count(*) AS n FROM _binned GROUP BY ALL) c
+    LEFT JOIN (SELECT feature, interval, sum(n)::BIGINT AS n FROM _counts GROUP BY ALL) c
            ON c.feature = s.feature AND c.interval = r.i
     ORDER BY s.feature, r.i
     """,
-    # Top examples: contexts ranked by the feature's max in them; ties go to the earlier
-    # context, and within a context to the earlier position.
+    # Top examples: the k contexts with the highest max; ties go to the earlier context.
+    # Position -1: the example's own first maximum, found when its activations are stored.
     """
     CREATE OR REPLACE TEMP TABLE _examples AS
     WITH per_ctx AS (
-        SELECT feature, context_id, max(struct_pack(v := value, np := -position)) AS best
-        FROM _binned GROUP BY feature, context_id
+        SELECT feature, context_id, max(value) AS v FROM _binned GROUP BY ALL
+    ), picked AS (
+        SELECT feature, max_by(context_id, struct_pack(v := v, nc := -context_id), $k) AS ids
+        FROM per_ctx GROUP BY feature
     )
     SELECT feature, 'top' AS kind, NULL::SMALLINT AS interval,
-           row_number() OVER (PARTITION BY feature ORDER BY best.v DESC, context_id) AS rank,
-           context_id, best.v AS value, (-best.np)::SMALLINT AS position
-    FROM per_ctx QUALIFY rank <= $k
+           generate_subscripts(ids, 1) AS rank, unnest(ids) AS context_id,
+           -1::SMALLINT AS position
+    FROM picked
     """,
-    # Interval samples: per interval, one seeded-random token per context, then the contexts
-    # with the smallest hashes.
+    # Interval samples: every activation gets a seeded hash with its position in the low 16
+    # bits; per interval, the contexts with the smallest such key, each shown at that token.
     """
     INSERT INTO _examples
     WITH per_ctx AS (
         SELECT feature, interval, context_id,
-               arg_min(struct_pack(v := value, p := position),
-                       hash(feature, context_id, position, $seed)) AS pick,
-               min(hash(feature, context_id, position, $seed)) AS h
-        FROM _binned GROUP BY feature, interval, context_id
+               min(hash(feature, context_id, position, $seed) >> 16 << 16
+                   | position::UBIGINT) AS h
+        FROM _binned GROUP BY ALL
     )
     SELECT feature, 'interval', interval,
            row_number() OVER (PARTITION BY feature, interval ORDER BY h, context_id) AS rank,
-           context_id, pick.v, pick.p
+           context_id, (h & 65535)::SMALLINT
     FROM per_ctx QUALIFY rank <= $per_int
     """,
-    # Each example's per-token activations, dense and aligned with the context's token_ids.
-    """
-    INSERT INTO examples
-    WITH acts AS (
-        SELECT a.feature, a.context_id,
-               list(a.position ORDER BY a.position) AS pos,
-               list(a.value ORDER BY a.position) AS vals
-        FROM _binned a SEMI JOIN _examples e
-             ON a.feature = e.feature AND a.context_id = e.context_id
-        GROUP BY a.feature, a.context_id
-    )
-    SELECT $sae, e.feature, e.kind, e.interval, e.rank, e.context_id, e.value, e.position,
-           list_transform(range(len(c.token_ids)),
-                          lambda i: coalesce(acts.vals[list_position(acts.pos, i::SMALLINT)],
-                                             0)::FLOAT)
-    FROM _examples e
-    JOIN acts USING (feature, context_id)
-    JOIN contexts c ON c.sae_id = $sae AND c.context_id = e.context_id
-    ORDER BY e.feature, e.kind DESC, e.interval, e.rank
-    """,
+    # Numbered in storage order; _insert_examples then adds each one's activations.
+    _EXAMPLES_SQL,
     """
     INSERT INTO feature_logits
     SELECT $sae, feature, kind, rank, token_id, value FROM _logits ORDER BY feature, kind, rank
@@ -376,6 +450,20 @@ _FINALIZE_SQL = (
     """,
     "DROP TABLE _stats",
     "DROP TABLE _binned",
+    "DROP TABLE _counts",
     "DROP TABLE _hist",
     "DROP TABLE _examples",
+    "DROP TABLE _example_rows",
 )
+
+_EXAMPLE_ROWS_SQL = """
+    SELECT row, feature, kind, interval, rank, context_id, position, n_tokens
+    FROM _example_rows ORDER BY row
+    """
+
+# Every non-zero activation of each example's feature in its context, by example row.
+_EXAMPLE_VALUES_SQL = """
+    SELECT e.row, a.position, a.value
+    FROM _example_rows e JOIN _binned a USING (feature, context_id)
+    ORDER BY e.row
+    """
