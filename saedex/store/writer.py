@@ -182,6 +182,8 @@ class IndexWriter:
             "n_int": cfg.n_intervals,
             "per_int": cfg.examples_per_interval,
             "k": cfg.top_k,
+            "top_rows": 4 * cfg.top_k,
+            "sample_rows": 6 * cfg.examples_per_interval,
             "seed": cfg.seed,
             "d_sae": d_sae,
         }
@@ -410,33 +412,71 @@ _FINALIZE_SQL = (
     """,
     # Top examples: the k contexts with the highest max; ties go to the earlier context.
     # Position -1: the example's own first maximum, found when its activations are stored.
+    # Only activations in a feature's highest bins (at least $top_rows of them) are grouped by
+    # context: any context with a value there beats every context without one, so when at
+    # least k contexts have one the answer is exact; features with fewer are redone in full.
     """
     CREATE OR REPLACE TEMP TABLE _examples AS
-    WITH per_ctx AS (
-        SELECT feature, context_id, max(value) AS v FROM _binned GROUP BY ALL
+    WITH above AS (
+        SELECT feature, bin, sum(sum(n)) OVER (PARTITION BY feature ORDER BY bin DESC) AS n_above
+        FROM _counts GROUP BY feature, bin
+    ), cut AS (
+        SELECT feature, coalesce(max(bin) FILTER (WHERE n_above >= $top_rows), 0) AS min_bin
+        FROM above GROUP BY feature
+    ), per_ctx AS (
+        SELECT b.feature, b.context_id, max(b.value) AS v, any_value(c.min_bin) > 0 AS cut
+        FROM _binned b JOIN cut c USING (feature) WHERE b.bin >= c.min_bin GROUP BY ALL
+    ), short AS (
+        SELECT feature FROM per_ctx WHERE cut GROUP BY ALL HAVING count(*) < $k
+    ), candidates AS (
+        SELECT feature, context_id, v FROM per_ctx WHERE feature NOT IN (SELECT feature FROM short)
+        UNION ALL
+        SELECT feature, context_id, max(value) FROM _binned
+        WHERE feature IN (SELECT feature FROM short) GROUP BY ALL
     ), picked AS (
         SELECT feature, max_by(context_id, struct_pack(v := v, nc := -context_id), $k) AS ids
-        FROM per_ctx GROUP BY feature
+        FROM candidates GROUP BY feature
     )
     SELECT feature, 'top' AS kind, NULL::SMALLINT AS interval,
            generate_subscripts(ids, 1) AS rank, unnest(ids) AS context_id,
            -1::SMALLINT AS position
     FROM picked
     """,
-    # Interval samples: every activation gets a seeded hash with its position in the low 16
-    # bits; per interval, the contexts with the smallest such key, each shown at that token.
+    # Interval samples: every activation gets a seeded hash key with its position in the low
+    # 16 bits; per interval, the contexts with the smallest key, each shown at that token.
+    # Keys are uniform, so only those under a cut (about $sample_rows per interval) are grouped
+    # by context: exact whenever enough contexts fall under it; other intervals are redone.
     """
     INSERT INTO _examples
-    WITH per_ctx AS (
+    WITH cut AS (
+        SELECT feature, interval,
+               CASE WHEN sum(n) > $sample_rows
+                    THEN 18446744073709551615::UBIGINT // sum(n)::UBIGINT * $sample_rows::UBIGINT
+               END AS cut
+        FROM _counts GROUP BY ALL
+    ), keyed AS (
         SELECT feature, interval, context_id,
-               min(hash(feature, context_id, position, $seed) >> 16 << 16
-                   | position::UBIGINT) AS h
-        FROM _binned GROUP BY ALL
+               hash(feature, context_id, position, $seed) >> 16 << 16 | position::UBIGINT AS h
+        FROM _binned
+    ), per_ctx AS (
+        SELECT k.feature, k.interval, k.context_id, min(k.h) AS h, any_value(c.cut) IS NOT NULL AS cut
+        FROM keyed k JOIN cut c USING (feature, interval)
+        WHERE c.cut IS NULL OR k.h < c.cut
+        GROUP BY ALL
+    ), short AS (
+        SELECT feature, interval FROM per_ctx WHERE cut GROUP BY ALL HAVING count(*) < $per_int
+    ), candidates AS (
+        SELECT feature, interval, context_id, h FROM per_ctx
+        WHERE (feature, interval) NOT IN (SELECT (feature, interval) FROM short)
+        UNION ALL
+        SELECT feature, interval, context_id, min(h) FROM keyed
+        WHERE (feature, interval) IN (SELECT (feature, interval) FROM short)
+        GROUP BY ALL
     )
     SELECT feature, 'interval', interval,
            row_number() OVER (PARTITION BY feature, interval ORDER BY h, context_id) AS rank,
            context_id, (h & 65535)::SMALLINT
-    FROM per_ctx QUALIFY rank <= $per_int
+    FROM candidates QUALIFY rank <= $per_int
     """,
     # Numbered in storage order; _insert_examples then adds each one's activations.
     _EXAMPLES_SQL,
