@@ -7,7 +7,8 @@ Both sides use one loaded model and the same contexts (the indexer's own tokenis
 back from the index it wrote). "bare" is only `forward_to_hook` per batch; "index" is the whole
 `run_index` into a fresh database: tokenising, the pass (SAE encode, sparse extraction, DuckDB
 commits) and the final aggregation, logit lens and neighbours. Repeats alternate the two (after a
-warm-up run) and the best of each is reported, so background load hurts both alike.
+warm-up run) and the best of each is reported, so background load hurts both alike. The process
+keeps freed memory for reuse (`saedex.memory.keep_freed_memory`) as `saedex index` does, for both.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from saedex.config import IndexConfig
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.indexer.model import forward_to_hook, load_model
 from saedex.indexer.sae import load_sae, resolve_sae
+from saedex.memory import keep_freed_memory
 from saedex.store import IndexWriter
 
 
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     args = parser.parse_args()
+    keep_freed_memory()
 
     model = load_model(args.model, args.device, args.dtype, progress=False)
     sae_dir = resolve_sae(args.sae)

@@ -103,6 +103,7 @@ def index(
     Resumable: if interrupted, run the same command again.
     """
     from saedex.indexer.indexing import IndexJob, run_index
+    from saedex.memory import keep_freed_memory
 
     cfg = IndexConfig(
         context_size=context_size,
@@ -119,6 +120,7 @@ def index(
         seed=seed,
     )
     job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, cfg)
+    keep_freed_memory()
     info = run_index(job, progress=not quiet)
     console.print(
         f"indexed [bold]{info.id}[/]: {info.n_tokens:,} tokens, {info.n_contexts:,} contexts, "
