@@ -9,6 +9,7 @@ transaction from the sparse `activations` table, so it never sees a partial run.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -192,12 +193,10 @@ class IndexWriter:
                 self.con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
             for name, table in (("_logits", logits), ("_lhist", logit_hist), ("_nb", neighbours)):
                 self.con.register(name, table)
-            for sql in _FINALIZE_SQL:
-                self.con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql})
-                if sql is _STATS_SQL:
-                    self.con.execute("RESET threads")
-                if sql is _EXAMPLES_SQL:
-                    self._insert_examples(sae_id)
+            self._execute_all(("SET threads = 1", _STATS_SQL, "RESET threads"), params)
+            self._execute_all(_DERIVE_SQL, params)
+            self._insert_examples(sae_id)
+            self._execute_all(_STORE_SQL, params)
             for name in ("_logits", "_lhist", "_nb"):
                 self.con.unregister(name)
             self.con.execute(
@@ -246,6 +245,11 @@ class IndexWriter:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _execute_all(self, statements: Iterable[str], params: dict) -> None:
+        """Run each statement with the named parameters (`$name`) it uses."""
+        for sql in statements:
+            self.con.execute(sql, {name: params[name] for name in set(_PARAM.findall(sql))})
+
     def _insert_chunked(self, table: str, rows: Iterable[dict], chunk: int) -> int:
         total, buf = 0, []
         for row in rows:
@@ -269,6 +273,16 @@ class IndexWriter:
         return _Transaction(self.con)
 
 
+@dataclass
+class _Progress:
+    """What the batches appended since the last commit add to the run's counters."""
+
+    contexts_done: int = 0
+    n_tokens: int = 0
+    n_excluded: int = 0
+    seconds: float = 0.0
+
+
 class PassWriter:
     """Appends batches of sparse activations, committing them with the run's progress.
 
@@ -281,7 +295,7 @@ class PassWriter:
         self.con = con
         self.sae_id = sae_id
         self._open = False
-        self._progress = {"done": None, "tokens": 0, "excluded": 0, "seconds": 0.0}
+        self._pending = _Progress()
 
     def __enter__(self) -> PassWriter:
         return self
@@ -310,25 +324,25 @@ class PassWriter:
             self.con.register("_excl", excluded)
             self.con.execute("INSERT INTO excluded_tokens SELECT ?, * FROM _excl", [self.sae_id])
             self.con.unregister("_excl")
-        progress = self._progress
-        progress["done"] = contexts_done
-        progress["tokens"] += n_tokens
-        progress["excluded"] += excluded.num_rows
-        progress["seconds"] += elapsed_s
+        pending = self._pending
+        pending.contexts_done = contexts_done
+        pending.n_tokens += n_tokens
+        pending.n_excluded += excluded.num_rows
+        pending.seconds += elapsed_s
 
     def commit(self) -> None:
         if not self._open:
             return
-        p = self._progress
+        p = self._pending
         self.con.execute(
             "UPDATE saes SET contexts_done = ?, n_tokens = n_tokens + ?, "
             "n_excluded_tokens = n_excluded_tokens + ?, duration_s = duration_s + ? "
             "WHERE sae_id = ?",
-            [p["done"], p["tokens"], p["excluded"], p["seconds"], self.sae_id],
+            [p.contexts_done, p.n_tokens, p.n_excluded, p.seconds, self.sae_id],
         )
         self.con.execute("COMMIT")
         self._open = False
-        self._progress = {"done": None, "tokens": 0, "excluded": 0, "seconds": 0.0}
+        self._pending = _Progress()
 
 
 class _Transaction:
@@ -364,9 +378,10 @@ _EXAMPLES_SQL = """
     FROM _examples e JOIN contexts c ON c.sae_id = $sae AND c.context_id = e.context_id
     """
 
-_FINALIZE_SQL = (
-    "SET threads = 1",
-    _STATS_SQL,
+_PARAM = re.compile(r"\$(\w+)")
+
+# Every derived table but the weight-only ones, and the chosen examples (_example_rows).
+_DERIVE_SQL = (
     # Each activation's histogram bin and interval, and the per-feature counts of both.
     """
     CREATE OR REPLACE TEMP TABLE _binned AS
@@ -480,6 +495,10 @@ _FINALIZE_SQL = (
     """,
     # Numbered in storage order; _insert_examples then adds each one's activations.
     _EXAMPLES_SQL,
+)
+
+# After _insert_examples: the weight-only tables, then the scratch tables go.
+_STORE_SQL = (
     """
     INSERT INTO feature_logits
     SELECT $sae, feature, kind, rank, token_id, value FROM _logits ORDER BY feature, kind, rank
