@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import duckdb
 import pytest
 from typer.testing import CliRunner
 
 from saedex.cli import app
+from saedex.errors import SaedexError
+from saedex.store import IndexReader
 from tests.conftest import build_tiny_sae
 from tests.test_resume import dump
 
@@ -166,6 +169,26 @@ def test_changed_settings_on_existing_index(good):
     )
     assert result.exit_code == 2 and "other settings (top_k)" in result.output
     assert dump(db) == before
+
+
+def test_index_of_another_schema_version(good):
+    tiny_model, tiny_corpus, sae, db, tmp = good
+    old = tmp / "old-schema.duckdb"
+    shutil.copy(db, old)
+    con = duckdb.connect(str(old))
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    before = dump(old)
+    result = run_cli(
+        "--model", str(tiny_model), "--sae", str(sae), "--corpus", str(tiny_corpus),
+        "--db", str(old), "--sae-id", "other",
+    )  # fmt: skip
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "index schema version 1 is not supported" in lines[0]
+    assert dump(old) == before
+    with pytest.raises(SaedexError, match="schema version 1 is not supported"):
+        IndexReader(old)
 
 
 def test_skipped_documents_are_counted(tiny_model, tmp_path):

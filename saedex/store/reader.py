@@ -27,6 +27,7 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
+from saedex.store.schema import check_version
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -49,6 +50,11 @@ class IndexReader:
             self._con = duckdb.connect(str(path), read_only=True)
         except duckdb.Error as exc:
             raise SaedexError(f"cannot open index {path}: {exc}".splitlines()[0]) from exc
+        try:
+            check_version(self._con)
+        except SaedexError:
+            self._con.close()
+            raise
         self._vocab: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._model_names: dict[str, str] = {}
@@ -189,14 +195,14 @@ class IndexReader:
         join with `contexts` would scan its token lists on every call)."""
         single = len(indices) == 1
         rows = self._rows(
-            "SELECT e.feature, e.interval, e.context_id, e.activations, e.max_activation, "
-            "       e.max_position FROM examples e "
+            "SELECT e.feature, e.interval, e.context_id, e.active_positions, e.active_values, "
+            "       e.max_activation, e.max_position FROM examples e "
             f"WHERE e.sae_id = ? AND e.feature {'= ?' if single else '= ANY(?)'} AND {where} "
             "ORDER BY e.feature, e.interval, e.rank",
             [sae_id, indices[0] if single else list(indices), *params],
         )
         contexts = self.contexts(sae_id, {r[2] for r in rows})
-        return [(f, i, c, *contexts[c], acts, mx, pos) for f, i, c, acts, mx, pos in rows]
+        return [(f, i, c, *contexts[c], *rest) for f, i, c, *rest in rows]
 
     def feature(self, sae_id: str, index: int) -> FeatureData | None:
         """Everything one dashboard shows, or None for an index out of range."""
@@ -370,7 +376,10 @@ def _sae(row: tuple) -> SaeInfo:
 
 
 def _example(row: tuple, vocab: list[str]) -> Example:
-    _, _, context_id, doc_id, source, token_ids, acts, max_act, max_pos = row
+    _, _, context_id, doc_id, source, token_ids, positions, values, max_act, max_pos = row
+    acts = [0.0] * len(token_ids)  # stored sparse; an Example aligns them with its tokens
+    for position, value in zip(positions, values, strict=True):
+        acts[position] = value
     return Example(
         context_id=context_id,
         document_id=doc_id,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMA_VERSION = 1
+from saedex.errors import SaedexError
+
+SCHEMA_VERSION = 2
 
 TABLES: dict[str, str] = {
     "meta": """
@@ -126,7 +128,8 @@ TABLES: dict[str, str] = {
             context_id INTEGER NOT NULL,
             max_activation FLOAT NOT NULL,
             max_position SMALLINT NOT NULL,
-            activations FLOAT[] NOT NULL
+            active_positions SMALLINT[] NOT NULL,
+            active_values FLOAT[] NOT NULL
         )""",
     "neighbours": """
         CREATE TABLE IF NOT EXISTS neighbours (
@@ -157,15 +160,27 @@ DERIVED_TABLES = ("examples", "intervals", "neighbours", "feature_logits", "feat
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create missing tables; refuse a file written by a newer, incompatible schema."""
+    """Create missing tables; refuse (untouched) a file written with another schema version."""
+    check_version(con)
     for ddl in TABLES.values():
         con.execute(ddl)
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
+    if stored_version(con) is None:
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-    elif int(row[0]) != SCHEMA_VERSION:
-        from saedex.errors import SaedexError
 
+
+def check_version(con: duckdb.DuckDBPyConnection) -> None:
+    """Its tables would not match the SQL of this saedex."""
+    version = stored_version(con)
+    if version is not None and version != SCHEMA_VERSION:
         raise SaedexError(
-            f"index schema version {row[0]} is not supported (this saedex reads {SCHEMA_VERSION})"
+            f"index schema version {version} is not supported (this saedex reads "
+            f"{SCHEMA_VERSION}): index the corpus again into a new file"
         )
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:  # a new file
+        return None
+    return None if row is None else int(row[0])

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from saedex.config import IndexConfig
@@ -51,7 +50,11 @@ class IndexWriter:
 
     def __init__(self, path: str | Path):
         self.con = duckdb.connect(str(path))
-        ensure_schema(self.con)
+        try:
+            ensure_schema(self.con)
+        except BaseException:
+            self.con.close()  # else the file stays locked for the rest of the process
+            raise
 
     def close(self) -> None:
         self.con.close()
@@ -195,7 +198,6 @@ class IndexWriter:
                 self.con.register(name, table)
             self._execute_all(("SET threads = 1", _STATS_SQL, "RESET threads"), params)
             self._execute_all(_DERIVE_SQL, params)
-            self._insert_examples(sae_id)
             self._execute_all(_STORE_SQL, params)
             for name in ("_logits", "_lhist", "_nb"):
                 self.con.unregister(name)
@@ -206,42 +208,6 @@ class IndexWriter:
                 "WHERE sae_id = $1".replace("$1", "?"),
                 [STATUS_COMPLETE, datetime.now(), elapsed_s, sae_id, sae_id],
             )
-
-    def _insert_examples(self, sae_id: str, chunk_rows: int = 1 << 16) -> None:
-        """Store each chosen example with its per-token activations, dense, aligned with the
-        context's tokens, and its max (top examples) or sampled token (interval samples).
-
-        The scatter into dense rows is numpy's: per-token list lookups in SQL took longer than
-        the rest of the aggregation together.
-        """
-        meta = self.con.sql(_EXAMPLE_ROWS_SQL).to_arrow_table()
-        sparse = self.con.sql(_EXAMPLE_VALUES_SQL).to_arrow_table()
-        rows, positions, values = (sparse[c].to_numpy() for c in ("row", "position", "value"))
-        lengths = meta["n_tokens"].to_numpy()
-        picked = meta["position"].to_numpy()
-        for lo in range(0, meta.num_rows, chunk_rows):
-            hi = min(lo + chunk_rows, meta.num_rows)
-            a, b = np.searchsorted(rows, [lo, hi])
-            n = lengths[lo:hi]
-            dense = np.zeros((hi - lo, int(n.max())), np.float32)
-            dense[rows[a:b] - lo, positions[a:b]] = values[a:b]
-            # top examples (position -1) show their first maximum
-            at = np.where(picked[lo:hi] < 0, dense.argmax(axis=1), picked[lo:hi])
-            offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
-            flat = dense[np.arange(dense.shape[1])[None, :] < n[:, None]]
-            chunk = meta.slice(lo, hi - lo).select(
-                ["feature", "kind", "interval", "rank", "context_id"]
-            )
-            chunk = (
-                chunk.append_column("max_activation", pa.array(dense[np.arange(hi - lo), at]))
-                .append_column("max_position", pa.array(at.astype(np.int16)))
-                .append_column(
-                    "activations", pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-                )
-            )
-            self.con.register("_ex_rows", chunk)
-            self.con.execute("INSERT INTO examples SELECT ?, * FROM _ex_rows", [sae_id])
-            self.con.unregister("_ex_rows")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -378,16 +344,9 @@ _STATS_SQL = """
     FROM activations WHERE sae_id = $sae GROUP BY feature
     """
 
-_EXAMPLES_SQL = """
-    CREATE OR REPLACE TEMP TABLE _example_rows AS
-    SELECT (row_number() OVER (ORDER BY e.feature, e.kind DESC, e.interval, e.rank)) - 1 AS row,
-           e.*, len(c.token_ids) AS n_tokens
-    FROM _examples e JOIN contexts c ON c.sae_id = $sae AND c.context_id = e.context_id
-    """
-
 _PARAM = re.compile(r"\$(\w+)")
 
-# Every derived table but the weight-only ones, and the chosen examples (_example_rows).
+# Every derived table but the weight-only ones.
 _DERIVE_SQL = (
     # Each activation's histogram bin and interval, and the per-feature counts of both.
     """
@@ -500,11 +459,25 @@ _DERIVE_SQL = (
            context_id, (h & 65535)::SMALLINT
     FROM candidates QUALIFY rank <= $per_int
     """,
-    # Numbered in storage order; _insert_examples then adds each one's activations.
-    _EXAMPLES_SQL,
+    # Each chosen example with its feature's non-zero activations in the context (sparse: a
+    # context holds ~4 of them in 128 tokens, and dense lists took 1.2 s to write at 300k tokens).
+    # Top examples (position -1) show their first maximum; interval samples the sampled token.
+    """
+    INSERT INTO examples
+    SELECT $sae, e.feature, e.kind, e.interval, e.rank, e.context_id,
+           CASE WHEN e.position < 0 THEN max(a.value)
+                ELSE any_value(a.value) FILTER (WHERE a.position = e.position) END,
+           CASE WHEN e.position < 0
+                THEN max_by(a.position, struct_pack(v := a.value, p := -a.position))
+                ELSE e.position END,
+           list(a.position ORDER BY a.position), list(a.value ORDER BY a.position)
+    FROM _examples e JOIN _binned a USING (feature, context_id)
+    GROUP BY e.feature, e.kind, e.interval, e.rank, e.context_id, e.position
+    ORDER BY e.feature, e.kind DESC, e.interval, e.rank
+    """,
 )
 
-# After _insert_examples: the weight-only tables, then the scratch tables go.
+# The weight-only tables, then the scratch tables go.
 _STORE_SQL = (
     """
     INSERT INTO feature_logits
@@ -519,17 +492,4 @@ _STORE_SQL = (
     "DROP TABLE _counts",
     "DROP TABLE _hist",
     "DROP TABLE _examples",
-    "DROP TABLE _example_rows",
 )
-
-_EXAMPLE_ROWS_SQL = """
-    SELECT row, feature, kind, interval, rank, context_id, position, n_tokens
-    FROM _example_rows ORDER BY row
-    """
-
-# Every non-zero activation of each example's feature in its context, by example row.
-_EXAMPLE_VALUES_SQL = """
-    SELECT e.row, a.position, a.value
-    FROM _example_rows e JOIN _binned a USING (feature, context_id)
-    ORDER BY e.row
-    """
