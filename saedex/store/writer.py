@@ -464,16 +464,17 @@ _DERIVE_SQL = (
     # Top examples (position -1) show their first maximum; interval samples the sampled token.
     """
     INSERT INTO examples
-    SELECT $sae, e.feature, e.kind, e.interval, e.rank, e.context_id,
-           CASE WHEN e.position < 0 THEN max(a.value)
-                ELSE any_value(a.value) FILTER (WHERE a.position = e.position) END,
-           CASE WHEN e.position < 0
-                THEN max_by(a.position, struct_pack(v := a.value, p := -a.position))
-                ELSE e.position END,
-           list(a.position ORDER BY a.position), list(a.value ORDER BY a.position)
-    FROM _examples e JOIN _binned a USING (feature, context_id)
-    GROUP BY e.feature, e.kind, e.interval, e.rank, e.context_id, e.position
-    ORDER BY e.feature, e.kind DESC, e.interval, e.rank
+    WITH lists AS (
+        SELECT e.feature, e.kind, e.interval, e.rank, e.context_id, e.position,
+               list(a.position ORDER BY a.position) AS ps, list(a.value ORDER BY a.position) AS vs
+        FROM _examples e JOIN _binned a USING (feature, context_id)
+        GROUP BY ALL
+    )
+    SELECT $sae, feature, kind, interval, rank, context_id,
+           CASE WHEN position < 0 THEN list_max(vs) ELSE vs[list_position(ps, position)] END,
+           CASE WHEN position < 0 THEN ps[list_position(vs, list_max(vs))] ELSE position END,
+           ps, vs
+    FROM lists ORDER BY feature, kind DESC, interval, rank
     """,
 )
 
