@@ -1,14 +1,19 @@
 """Indexing throughput against the bare model forward to the hook, on the same batches.
 
     python bench/index_bench.py [--model default] [--sae default] [--corpus default]
-                                [--tokens 60000] [--repeats 2] [--device cpu]
+                                [--tokens 1000000] [--repeats 2] [--device cpu]
 
 Both sides use one loaded model and the same contexts (the indexer's own tokenisation, read
 back from the index it wrote). "bare" is only `forward_to_hook` per batch; "index" is the whole
 `run_index` into a fresh database: tokenising, the pass (SAE encode, sparse extraction, DuckDB
 commits) and the final aggregation, logit lens and neighbours. Repeats alternate the two (after a
-warm-up run) and the best of each is reported, so background load hurts both alike. The process
-keeps freed memory for reuse (`saedex.memory.keep_freed_memory`) as `saedex index` does, for both.
+small warm-up run) and the best of each is reported, so background load hurts both alike. The
+process keeps freed memory for reuse (`saedex.memory.keep_freed_memory`) as `saedex index` does,
+for both.
+
+"index" includes ~5 s per SAE that do not grow with the corpus (the logit lens, choosing and
+storing examples), so the ratio rises with --tokens. The default, 1M tokens, takes about 25
+minutes on 2 CPU cores; --tokens 100000 gives a quick, lower figure.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from saedex.indexer.model import forward_to_hook, load_model
 from saedex.indexer.sae import load_sae, resolve_sae
 from saedex.memory import keep_freed_memory
 from saedex.store import IndexWriter
+
+WARM_UP_TOKENS = 20_000  # loads the lazily initialised parts (MKL, tokenizer) before timing
 
 
 def bare_forward(model, batches, hook: str, pad_id: int) -> float:
@@ -49,7 +56,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--sae", default="default")
     parser.add_argument("--corpus", default="default")
-    parser.add_argument("--tokens", type=int, default=60_000)
+    parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default=None)
@@ -64,10 +71,10 @@ def main() -> None:
     bare_s, index_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
 
-        def index_once(name: str):
+        def index_once(name: str, config: IndexConfig):
             job = IndexJob(
                 args.model, args.sae, args.corpus, Path(tmp) / f"{name}.duckdb",
-                device=args.device, config=cfg,
+                device=args.device, config=config,
             )  # fmt: skip
             started = time.perf_counter()
             info = run_index(job, progress=False, model=model)
@@ -75,14 +82,15 @@ def main() -> None:
                 torch.cuda.synchronize()
             return info, time.perf_counter() - started
 
-        info, _ = index_once("warm-up")  # also gives the batches the bare pass runs on
-        with IndexWriter(Path(tmp) / "warm-up.duckdb") as writer:
-            batches = [b.token_ids for b in writer.batches(info.id, 0, args.batch_size)]
-        # bare, index, bare, index, ..., bare: a burst of outside load hurts both sides alike
+        index_once("warm-up", IndexConfig(batch_size=args.batch_size, max_tokens=WARM_UP_TOKENS))
+        # index, bare, index, bare, ...: a burst of outside load hurts both sides alike
         for repeat in range(args.repeats):
+            info, seconds = index_once(f"run-{repeat}", cfg)
+            index_s.append(seconds)
+            if repeat == 0:  # the batches the bare side runs: the index's own contexts
+                with IndexWriter(Path(tmp) / "run-0.duckdb") as writer:
+                    batches = [b.token_ids for b in writer.batches(info.id, 0, args.batch_size)]
             bare_s.append(bare_forward(model, batches, hook, model.pad_token_id))
-            index_s.append(index_once(f"run-{repeat}")[1])
-        bare_s.append(bare_forward(model, batches, hook, model.pad_token_id))
     tokens = sum(len(t) for b in batches for t in b)
     bare_tps, index_tps = tokens / min(bare_s), tokens / min(index_s)
     device = torch.cuda.get_device_name() if model.device.startswith("cuda") else "cpu"
