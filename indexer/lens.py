@@ -56,8 +56,8 @@ def logit_lens(
         features = torch.arange(start, start + d.shape[0])
         extremes = []
         for kind, largest in (("top", True), ("bottom", False)):
-            top = values.topk(n, dim=1, largest=largest)
-            _append_ranked(logit_cols, features, kind, top.values, top.indices)
+            top = values.topk(max(n, 1), dim=1, largest=largest)  # [:, 0]: max or min
+            _append_ranked(logit_cols, features, kind, top.values[:, :n], top.indices[:, :n])
             extremes.append(top.values[:, :1])
         edges, counts = _row_histograms(values, bins, lo=extremes[1], hi=extremes[0])
         hist_cols["feature"] += features.tolist()

@@ -51,7 +51,7 @@ class IndexReader:
         except duckdb.Error as exc:
             raise SaedexError(f"cannot open index {path}: {exc}".splitlines()[0]) from exc
         try:
-            check_version(self._con)
+            check_version(self._con, path)
         except SaedexError:
             self._con.close()
             raise

@@ -7,6 +7,8 @@ the writer, which replaces a run's rows inside one transaction.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 
 from saedex.errors import SaedexError
@@ -159,22 +161,22 @@ RUN_TABLES = (
 DERIVED_TABLES = ("examples", "intervals", "neighbours", "feature_logits", "features")
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_schema(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
     """Create missing tables; refuse (untouched) a file written with another schema version."""
-    check_version(con)
+    check_version(con, path)
     for ddl in TABLES.values():
         con.execute(ddl)
     if stored_version(con) is None:
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 
-def check_version(con: duckdb.DuckDBPyConnection) -> None:
+def check_version(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
     """Its tables would not match the SQL of this saedex."""
     version = stored_version(con)
     if version is not None and version != SCHEMA_VERSION:
         raise SaedexError(
-            f"index schema version {version} is not supported (this saedex reads "
-            f"{SCHEMA_VERSION}): index the corpus again into a new file"
+            f"{path}: index schema version {version} is not supported (this saedex reads "
+            f"{SCHEMA_VERSION}); index the corpus again into a new file"
         )
 
 

@@ -51,7 +51,7 @@ class IndexWriter:
     def __init__(self, path: str | Path):
         self.con = duckdb.connect(str(path))
         try:
-            ensure_schema(self.con)
+            ensure_schema(self.con, path)
         except BaseException:
             self.con.close()  # else the file stays locked for the rest of the process
             raise
