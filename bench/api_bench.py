@@ -41,7 +41,8 @@ FEATURE_QUERY = """query ($sae: ID!, $index: Int!) { feature(sae: $sae, index: $
     tokens activations maxActivation maxTokenIndex documentId source } } }"""
 
 RAW_QUERY = """
-SELECT c.token_ids, e.activations, e.max_activation, e.max_position, d.doc_id, d.source
+SELECT c.token_ids, e.active_positions, e.active_values, e.max_activation, e.max_position,
+       d.doc_id, d.source
 FROM examples e
 JOIN contexts c ON c.sae_id = e.sae_id AND c.context_id = e.context_id
 JOIN documents d ON d.sae_id = c.sae_id AND d.doc_index = c.doc_index
