@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -159,9 +160,13 @@ class IndexWriter:
             [sae_id, start],
         ).fetchone()[0]
 
-    def pass_writer(self, sae_id: str) -> PassWriter:
-        """Where the pass appends its batches; see PassWriter."""
-        return PassWriter(self.con, sae_id)
+    @contextmanager
+    def pass_writer(self, sae_id: str) -> Iterator[PassWriter]:
+        """Where the pass appends its batches; see PassWriter. DuckDB runs single-threaded
+        meanwhile: the inserts are too small to gain from a second thread and the model's threads
+        want the cores (two threads took ~1.7x as long per row)."""
+        with one_thread(self.con), PassWriter(self.con, sae_id) as out:
+            yield out
 
     # -- aggregation ---------------------------------------------------------------------------
 
@@ -196,7 +201,8 @@ class IndexWriter:
                 self.con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae_id])
             for name, table in (("_logits", logits), ("_lhist", logit_hist), ("_nb", neighbours)):
                 self.con.register(name, table)
-            self._execute_all(("SET threads = 1", _STATS_SQL, "RESET threads"), params)
+            with one_thread(self.con):  # float sums in one order: reruns are bit-identical
+                self._execute_all((_STATS_SQL,), params)
             self._execute_all(_DERIVE_SQL, params)
             self._execute_all(_STORE_SQL, params)
             for name in ("_logits", "_lhist", "_nb"):
@@ -255,9 +261,6 @@ class PassWriter:
     Batches accumulate in one open transaction until `commit()` (the caller decides how often):
     a commit syncs the WAL to disk, which costs more than inserting a batch. A crash loses only
     the uncommitted batches, and the stored progress counter says where to resume.
-
-    DuckDB runs single-threaded meanwhile: these inserts are too small to gain from a second
-    thread and the model's threads want the cores (two threads took ~1.7x as long per row).
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sae_id: str):
@@ -267,17 +270,13 @@ class PassWriter:
         self._pending = _Progress()
 
     def __enter__(self) -> PassWriter:
-        self.con.execute("SET threads = 1")
         return self
 
     def __exit__(self, exc_type, *_) -> None:
-        try:
-            if exc_type is None:
-                self.commit()
-            elif self._open:
-                self.con.execute("ROLLBACK")
-        finally:
-            self.con.execute("RESET threads")
+        if exc_type is None:
+            self.commit()
+        elif self._open:
+            self.con.execute("ROLLBACK")
 
     def append(
         self,
@@ -316,6 +315,16 @@ class PassWriter:
         self.con.execute("COMMIT")
         self._open = False
         self._pending = _Progress()
+
+
+@contextmanager
+def one_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """DuckDB on one thread for the block, then back to its default."""
+    con.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        con.execute("RESET threads")
 
 
 class _Transaction:
