@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from saedex.config import IndexConfig
 from saedex.indexer.indexing import IndexJob, run_index
+from saedex.indexer.lens import row_topk
 from saedex.store import IndexReader
 from tests.conftest import build_tiny_sae
 
@@ -214,6 +215,23 @@ def test_logit_lens_and_neighbours(indexed, tiny_model):
         expected_nb = np.argsort(-cos[j])[: CFG.n_neighbours]
         assert [n.index for n in nbrs[j]] == expected_nb.tolist()
         np.testing.assert_allclose([n.cosine for n in nbrs[j]], cos[j][expected_nb], rtol=1e-4)
+
+
+@pytest.mark.parametrize("width", [5000, 64 * 40, 300])
+@pytest.mark.parametrize("largest", [True, False])
+def test_row_topk_equals_a_full_sort(width, largest):
+    """The lens's grouped top-k (the tiny model's 320-token vocabulary never groups)."""
+    rng = np.random.default_rng(width)
+    values = rng.standard_normal((40, width)).astype(np.float32)
+    values[0] = 1.5  # a row of ties
+    values[1, 100:] = -2.0  # ties at the bottom
+    values[2, -7:] = 9.0 if largest else -9.0  # the extremes in the columns past the last group
+    top_values, top_indices = row_topk(torch.from_numpy(values), 10, largest)
+    order = np.sort(values, axis=1)
+    expected = order[:, ::-1][:, :10] if largest else order[:, :10]
+    np.testing.assert_array_equal(top_values.numpy(), expected)
+    np.testing.assert_array_equal(np.take_along_axis(values, top_indices.numpy(), 1), expected)
+    assert all(len(set(row)) == 10 for row in top_indices.tolist())
 
 
 def test_feature_bundle_and_listing(indexed):
