@@ -229,9 +229,7 @@ def encode_batch(
             "value": pa.array(values.float().cpu().numpy(), pa.float32()),
         }
     )
-    sink_rows, sink_pos = (ratio > cfg.sink_norm_multiple).nonzero(as_tuple=True)
-    if cfg.sink_norm_multiple <= 0:
-        sink_rows = sink_pos = torch.empty(0, dtype=torch.long)
+    sink_rows, sink_pos = sinks(ratio, cfg).nonzero(as_tuple=True)
     excluded = pa.table(
         {
             "context_id": pa.array(context_ids[sink_rows].cpu().numpy(), pa.int32()),
@@ -261,7 +259,12 @@ def hook_activations(model: LoadedModel, batch: Batch, hook_name: str, cfg: Inde
     norms = resid.float().norm(dim=-1)
     median = norms.masked_fill(~valid, float("nan")).nanmedian(dim=1, keepdim=True).values
     ratio = (norms / median).masked_fill(~valid, 0.0).nan_to_num(0.0)
-    counted = valid
-    if cfg.sink_norm_multiple > 0:
-        counted = valid & (ratio <= cfg.sink_norm_multiple)
-    return resid, counted, ratio
+    return resid, valid & ~sinks(ratio, cfg), ratio
+
+
+def sinks(ratio: torch.Tensor, cfg: IndexConfig) -> torch.Tensor:
+    """The attention sinks' mask: tokens past `sink_norm_multiple` times their context's median
+    norm (`ratio` is 0 at BOS and padding); none when the multiple is 0 or less."""
+    if cfg.sink_norm_multiple <= 0:
+        return torch.zeros_like(ratio, dtype=torch.bool)
+    return ratio > cfg.sink_norm_multiple
