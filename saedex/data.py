@@ -96,6 +96,28 @@ class FeatureSummary:
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """What a feature means, in words: written by hand, imported, or proposed by a model.
+
+    Kept in the store's user-edit database (never in the bulk index), tied to the SAE's weights
+    by fingerprint: `current` is False when it explains an earlier version of those weights.
+    """
+
+    id: int
+    sae_id: str
+    feature: int
+    text: str
+    source: str  # "human", "import" or "model"
+    author: str | None  # who wrote it, or the model that generated it
+    method: str | None  # how it was made (explainer name, Neuronpedia typeName)
+    scores: dict[str, float]  # scorer name -> score (balanced accuracy, 0..1)
+    sae_fingerprint: str | None
+    current: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
 class FeatureData:
     """Everything a feature dashboard shows (cf. sae_vis's FeatureData)."""
 
@@ -106,6 +128,7 @@ class FeatureData:
     top_examples: list[Example]
     interval_samples: list[IntervalSample]
     neighbours: list[Neighbour]
+    explanations: list[Explanation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
