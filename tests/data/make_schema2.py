@@ -1,5 +1,8 @@
 """How tests/data/schema2.duckdb.gz was made (then `gzip -9`) (at commit 7404fce, schema version 2).
 
+schema1.duckdb.gz was made by this same script run with the saedex of commit 4a1c1e9 (schema
+version 1, dense example activations; its tests/conftest.py builds the same tiny model and SAE).
+
 Run from the repository root with the saedex of that commit: `PYTHONPATH=. python tests/data/make_schema2.py`.
 The same inputs (tiny model, tiny SAE, corpus, settings) rebuild a fresh index that the upgraded
 file must match; tests/test_migrations.py does that.
