@@ -6,6 +6,9 @@ engine. Nothing is module-global, so tests can run several apps side by side.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -88,10 +91,42 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 def serve(db: Path, config: ServeConfig, threads: int | None = None) -> None:
-    """Open the index read-only and serve it with uvicorn until interrupted."""
+    """Open the index read-only and serve it with uvicorn until interrupted; with
+    `config.workers` > 1, as that many processes (replicas), each with its own reader."""
     import uvicorn
 
     configure_access_log()
+    if config.workers > 1:
+        spec = {"db": str(db), "config": dataclasses.asdict(config), "threads": threads}
+        os.environ[_REPLICA_ENV] = json.dumps(spec)
+        with IndexReader(db):  # a bad index fails here, once, with its one-line error
+            pass
+        uvicorn.run(
+            "saedex.api.app:replica_app",
+            factory=True,
+            workers=config.workers,
+            host=config.host,
+            port=config.port,
+            access_log=False,
+            log_level="info",
+        )
+        return
     with IndexReader(db) as reader:
         app = create_app(reader, config, InferenceEngine(config.device, threads=threads))
         uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")
+
+
+# -- replicas (saedex serve --workers N) --
+
+_REPLICA_ENV = "SAEDEX_REPLICA"
+
+
+def replica_app() -> Starlette:
+    """One replica's app: uvicorn runs this factory in each worker process, which opens the
+    store read-only for itself (the spec comes from `serve` through the environment)."""
+    spec = json.loads(os.environ[_REPLICA_ENV])
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items()}
+    config = ServeConfig(**fields)
+    configure_access_log()
+    reader = IndexReader(spec["db"])
+    return create_app(reader, config, InferenceEngine(config.device, threads=spec["threads"]))

@@ -35,6 +35,7 @@ import torch
 
 from saedex.config import ServeConfig
 from saedex.store import IndexReader
+from saedex.store.views import connect
 
 FEATURE_QUERY = """query ($sae: ID!, $index: Int!) { feature(sae: $sae, index: $index) {
   topExamples(first: 20) {
@@ -95,7 +96,7 @@ def describe(reader: IndexReader, sae_id: str) -> str:
 
 def live_features(db: Path, sae_id: str, n: int, seed: int) -> list[int]:
     """n random features that have examples."""
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # all runs of the store, under the table names
     rows = con.execute(
         "SELECT feature FROM features WHERE sae_id = ? AND n_active > 0 ORDER BY feature",
         [sae_id],
@@ -143,7 +144,7 @@ async def latency(reader: IndexReader, db: Path, sae_id: str, args) -> None:
     from saedex.api.app import create_app
 
     app = create_app(reader, ServeConfig(inference=False))
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # all runs of the store, under the table names
     features = live_features(db, sae_id, args.warmup + args.requests, args.seed)
     api_ms, raw_ms = [], []
     transport = httpx.ASGITransport(app=app)
@@ -251,7 +252,7 @@ async def worker(
 
 def text_of(db: Path, sae_id: str, reader: IndexReader, n_tokens: int) -> str:
     """n_tokens of real text from the index (a context's tokens after BOS), decoded."""
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # all runs of the store, under the table names
     ids = con.execute(
         "SELECT token_ids FROM contexts WHERE sae_id = ? AND len(token_ids) > ? "
         "ORDER BY context_id LIMIT 1 OFFSET 7",
@@ -312,6 +313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live", type=int, default=20, help="activeFeatures runs (0: skip)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for live inference")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(  # replicas (store): bench/replica_bench.py
+        "--replicas", type=int, nargs="*", default=[], help="also: throughput with N workers"
+    )
     return p.parse_args(argv)
 
 
@@ -326,6 +330,10 @@ async def main(args: argparse.Namespace) -> None:
             await load(args.db, sae_id, args)
         if args.live > 0:
             await live(reader, args.db, sae_id, args)
+    if args.replicas:  # replicas (store)
+        from replica_bench import report
+
+        await report(args.db, sae_id, args)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,9 @@ def serve(
         int | None,
         typer.Option(help="Torch threads for live inference (1 is steadiest on a busy machine)."),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (replicas), each reading the store.")
+    ] = _SERVE.workers,
 ):
     """Serve an index: GraphQL (GraphiQL) at /graphql, REST under /api/ (see docs/api.md)."""
     from saedex.api.app import serve as run_server
@@ -320,6 +323,7 @@ def serve(
         inference=inference,
         device=device,
         cors_origins=tuple(cors_origin or ()),
+        workers=workers,
     )
     console.print(f"serving {db} on http://{host}:{port}/graphql (REST: /api/)")
     run_server(db, config, threads)

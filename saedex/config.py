@@ -42,10 +42,11 @@ class IndexConfig:
         return asdict(self)
 
     def differs_from(self, stored: dict) -> list[str]:
-        """Names of the settings that differ from a stored run's (ignoring ones safe to change)."""
+        """Names of the settings that differ from a stored run's (ignoring ones safe to change;
+        a setting the stored run predates counts as its default)."""
         safe = {"batch_size", "commit_interval_s"}
-        mine = self.to_dict()
-        return sorted(k for k in mine if k not in safe and stored.get(k) != mine[k])
+        mine, default = self.to_dict(), IndexConfig().to_dict()
+        return sorted(k for k in mine if k not in safe and stored.get(k, default[k]) != mine[k])
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,11 @@ class ServeConfig:
     inference: bool = True
     device: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # -- replicas (store) --
+    workers: int = field(
+        default=1,
+        metadata={"help": "Server processes (replicas) over the same store, each read-only."},
+    )
 
 
 @dataclass(frozen=True)
