@@ -397,6 +397,7 @@ class DocumentWindow:
     sae: strawberry.ID
     document_id: str
     source: str
+    focus: int = strawberry.field(description="The offset asked for (e.g. an example's max token).")
     start: int
     end: int
     tokens: TokenList

@@ -153,6 +153,7 @@ class DocumentWindow:
     sae_id: str
     document_id: str
     source: str
+    focus: int  # the offset asked for (an example's max token, or the given offset)
     start: int
     token_ids: list[int]
     tokens: list[str]

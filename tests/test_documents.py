@@ -33,6 +33,7 @@ def windows(tiny_model, tiny_corpus, tmp_path_factory):
         )
     refs = {name: reference(tiny_model, path, tiny_corpus, CFG) for name, path in saes.items()}
     with IndexReader(db) as reader:
+        reader.db = db  # for the CLI test
         yield reader, refs, _documents(tiny_model, tiny_corpus)
 
 
@@ -269,3 +270,38 @@ def test_api_window_limits(client, variables, fragment):
     body = _window(client, **({"doc": "doc-0", "features": [0]} | variables))
     assert body["data"] is None or body["data"]["documentWindow"] is None
     assert fragment in body["errors"][0]["message"]
+
+
+# -- saedex show -------------------------------------------------------------------------------
+
+
+def test_show_prints_an_example_in_its_document(windows):
+    from typer.testing import CliRunner
+
+    from saedex.cli import app
+
+    reader, _, _ = windows
+    feature = next(f for f in range(64) if len(reader.top_examples("std", [f])[f]) >= 2)
+    example = reader.top_examples("std", [feature])[feature][1]
+    db = reader.db
+    result = CliRunner().invoke(
+        app,
+        [
+            "show",
+            "--db",
+            str(db),
+            "--sae",
+            "std",
+            "--feature",
+            str(feature),
+            "--example",
+            "2",
+            "--window",
+            "20",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"std feature {feature} on document {example.document_id!r}" in result.output
+    assert example.tokens[example.max_token_index] in result.output
+    bad = CliRunner().invoke(app, ["show", "--db", str(db), "--sae", "std", "--feature", "999"])
+    assert bad.exit_code == 2 and "has no top example" in bad.output

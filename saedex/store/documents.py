@@ -168,6 +168,7 @@ def window(
         sae_id=doc.sae_id,
         document_id=doc.document_id,
         source=doc.source,
+        focus=offset,
         start=start,
         token_ids=span.token_ids,
         tokens=[strings[t] for t in span.token_ids],
