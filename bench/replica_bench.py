@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,14 +31,20 @@ def replicas(db: Path, workers: int):
     port = free_port()
     cmd = [sys.executable, "-m", "saedex.cli", "serve", "--db", str(db), "--port", str(port)]
     cmd += ["--no-inference", "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc, timeout=180)
+        wait_ready(url, proc, timeout=600)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        os.killpg(proc.pid, signal.SIGTERM)  # the supervisor and its workers
+        try:
+            proc.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def throughput(db: Path, sae_id: str, workers: int, args) -> tuple[float, float, float, int]:

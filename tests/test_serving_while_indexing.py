@@ -3,7 +3,10 @@ new SAE once (and only once) it is complete, without a restart; replicas serve t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,11 +28,13 @@ def free_port() -> int:
 
 
 def start_server(db: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`saedex serve` in a session of its own, so that stop() ends its workers too."""
     port = free_port()
     cmd = [sys.executable, "-m", "saedex.cli", "serve", "--db", str(db), "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--no-inference", *extra], stderr=subprocess.PIPE, text=True)
+    cmd += ["--no-inference", *extra]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # workers each import the API stack: slow on a busy box
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited: {proc.stderr.read()}")
@@ -38,8 +43,21 @@ def start_server(db: Path, *extra: str) -> tuple[subprocess.Popen, str]:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.2)
-    proc.kill()
+    stop(proc)
     raise AssertionError("server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server and its workers, SIGKILL if they linger."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by the supervisor
 
 
 class ClientLoop(threading.Thread):
@@ -98,8 +116,7 @@ def test_new_sae_appears_while_serving_with_no_errors(store):
         loop.stop.set()
         loop.join()
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
     assert loop.errors == []
     assert during > 20  # the server was busy answering while the run went on
     assert loop.seen == {"first": {"complete"}, "second": {"complete"}}
@@ -121,5 +138,4 @@ def test_replicas_serve_the_store(store, workers):
                 ids = {s["id"] for s in client.get("/api/saes").json()}
                 assert ids == {"first", "second"}
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
