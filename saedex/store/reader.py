@@ -17,6 +17,7 @@ import duckdb
 
 from saedex.data import (
     Example,
+    Explanation,
     FeatureData,
     FeaturePage,
     FeatureSummary,
@@ -27,6 +28,8 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
+from saedex.fingerprint import sae_fingerprint
+from saedex.store.edits import EditStore, edits_path
 from saedex.store.schema import check_version
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -59,9 +62,13 @@ class IndexReader:
         self._lock = threading.Lock()
         self._model_names: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, int], tuple[str, str, array]] = OrderedDict()
+        self.edits_path = edits_path(path)
+        self._edits: EditStore | None = None
 
     def close(self) -> None:
         self._con.close()
+        if self._edits is not None:
+            self._edits.close()
 
     def __enter__(self) -> IndexReader:
         return self
@@ -218,6 +225,7 @@ class IndexReader:
             top_examples=self.top_examples(sae_id, [index])[index],
             interval_samples=self.interval_samples(sae_id, [index])[index],
             neighbours=self.neighbours(sae_id, [index])[index],
+            explanations=self.explanations(sae_id, [index])[index],
         )
 
     def list_features(
@@ -230,11 +238,16 @@ class IndexReader:
         min_density: float | None = None,
         max_density: float | None = None,
         top_token: str | None = None,
+        has_explanation: bool | None = None,
     ) -> FeaturePage:
         """A filtered, ordered page of features (ties broken by index)."""
         if order_by not in ORDER_COLUMNS:
             raise SaedexError(f"cannot order features by {order_by!r}")
         where, params = ["f.sae_id = ?"], [sae_id]
+        if has_explanation is not None:  # the explained set comes from the user-edit store
+            negate = "" if has_explanation else "NOT "
+            where.append(f"{negate}list_contains(?, f.feature)")
+            params.append(self.explained_features(sae_id))
         if min_density is not None:
             where.append("f.density >= ?")
             params.append(min_density)
@@ -262,6 +275,32 @@ class IndexReader:
             return FeaturePage([], total)
         summaries = self.summaries(sae_id, [r[0] for r in rows])
         return FeaturePage([summaries[r[0]] for r in rows], rows[0][1])
+
+    # -- explanations (the user-edit store beside the index: saedex.store.edits) ---------------
+
+    def edits(self, create: bool = False) -> EditStore | None:
+        """The index's user-edit store; None while it does not exist, unless `create`."""
+        with self._lock:
+            if self._edits is None and (create or self.edits_path.exists()):
+                self._edits = EditStore(self.edits_path)
+            return self._edits
+
+    def fingerprint(self, sae_id: str) -> str | None:
+        """The SAE's weights fingerprint, which explanations are tied to."""
+        info = self.sae(sae_id)
+        return None if info is None else sae_fingerprint(info)
+
+    def explanations(self, sae_id: str, indices: list[int]) -> dict[int, list[Explanation]]:
+        """Each feature's explanations, current ones first (`current` False: made for other
+        weights of this SAE id)."""
+        store = self.edits()
+        if store is None:
+            return {i: [] for i in indices}
+        return store.for_features(sae_id, indices, self.fingerprint(sae_id))
+
+    def explained_features(self, sae_id: str) -> list[int]:
+        store = self.edits()
+        return [] if store is None else store.explained_features(sae_id, self.fingerprint(sae_id))
 
     # -- contexts (saedex.api) -----------------------------------------------------------------
 
