@@ -22,6 +22,7 @@ from saedex.api.access_log import AccessLog
 from saedex.api.access_log import configure as configure_access_log
 from saedex.api.context import ApiState, Context
 from saedex.api.errors import INTERNAL
+from saedex.api.explanations_rest import ExplanationRoutes
 from saedex.api.inference import InferenceEngine
 from saedex.api.rest import RestApi, error
 from saedex.api.schema import Schema, build_schema
@@ -36,8 +37,8 @@ class GraphQLApp(GraphQL):
         super().__init__(schema, graphql_ide="graphiql", allow_queries_via_get=True)
         self.state = state
 
-    async def get_context(self, request: object, response: object) -> Context:
-        return Context.new(self.state)
+    async def get_context(self, request: Request, response: object) -> Context:
+        return Context.new(self.state, request.headers.get("authorization"))
 
     async def process_result(self, request: Request, result: ExecutionResult) -> dict:
         """As strawberry's, but with no `data` key when the request failed before execution
@@ -58,9 +59,11 @@ def create_app(
     state = ApiState.load(reader, config, inference if config.inference else None)
     schema = build_schema(config)
     graphql = GraphQLApp(schema, state)
+    rest = RestApi(schema, state)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
-        *RestApi(schema, state).routes(),
+        *rest.routes(),
+        *ExplanationRoutes(rest).routes(),
     ]
     middleware = [Middleware(AccessLog)]
     if config.cors_origins:
@@ -68,8 +71,8 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.cors_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["content-type"],
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["content-type", "authorization"],
             )
         )
     handlers = {HTTPException: http_error, Exception: internal_error}

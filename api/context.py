@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from saedex.api.auth import load_api_key
 from saedex.api.errors import NotFound
 from saedex.api.inference import InferenceEngine
 from saedex.api.loaders import Loaders
@@ -22,6 +23,7 @@ class ApiState:
     config: ServeConfig
     inference: InferenceEngine | None = None
     saes: dict[str, SaeInfo] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)  # for edits; None: editing is off
 
     @classmethod
     def load(
@@ -31,7 +33,7 @@ class ApiState:
         saes = {info.id: info for info in reader.saes()}
         for sae_id in saes:
             reader.warm_contexts(sae_id)
-        return cls(reader, config, inference, saes)
+        return cls(reader, config, inference, saes, load_api_key(config))
 
     def sae(self, sae_id: str) -> SaeInfo:
         info = self.saes.get(sae_id)
@@ -50,7 +52,8 @@ class Context:
 
     state: ApiState
     loaders: Loaders
+    authorization: str | None = field(default=None, repr=False)  # the request's header
 
     @classmethod
-    def new(cls, state: ApiState) -> Context:
-        return cls(state, Loaders(state.reader))
+    def new(cls, state: ApiState, authorization: str | None = None) -> Context:
+        return cls(state, Loaders(state.reader), authorization)

@@ -38,6 +38,13 @@ class Unavailable(ApiError):
     status = 503
 
 
+class Unauthenticated(ApiError):
+    """A write without a valid API key (explanation edits)."""
+
+    code = "UNAUTHENTICATED"
+    status = 401
+
+
 def is_unexpected(error: GraphQLError) -> bool:
     """True for errors that must be masked: anything raised that is not one of ours."""
     original = error.original_error
@@ -48,7 +55,9 @@ INTERNAL = "INTERNAL_SERVER_ERROR"
 
 # The HTTP status of each error code, for REST; an error without a code is the client's (400).
 ERROR_STATUS = {
-    **{cls.code: cls.status for cls in (ApiError, NotFound, BadInput, Unavailable)},
+    **{
+        cls.code: cls.status for cls in (ApiError, NotFound, BadInput, Unavailable, Unauthenticated)
+    },
     INTERNAL: 500,
 }
 

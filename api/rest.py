@@ -22,6 +22,9 @@ from saedex.api.schema import Schema
 _EXAMPLE = "contextId documentId source tokens tokenIds activations maxActivation maxTokenIndex"
 _LOGIT = "token tokenId value"
 _HIST = "binEdges counts"
+_EXPLANATION = (
+    "id sae feature text source author method scores saeFingerprint current createdAt updatedAt"
+)
 
 SAES_QUERY = """
 query { saes { id modelName hookName hookLayer architecture dIn dSae saePath corpus contextSize
@@ -37,6 +40,7 @@ query ($sae: ID!, $index: Int!) {{ feature(sae: $sae, index: $index) {{
   topExamples {{ {_EXAMPLE} }}
   intervalSamples {{ index low high fraction examples {{ {_EXAMPLE} }} }}
   neighbours {{ index cosine }}
+  explanations {{ {_EXPLANATION} }}
 }} }}
 """
 
@@ -70,11 +74,16 @@ class RestApi:
             Route("/api/openapi.json", self.openapi, methods=["GET"]),
         ]
 
-    async def run(self, query: str, field: str, variables: dict[str, Any] | None = None):
+    async def run(
+        self,
+        query: str,
+        field: str,
+        variables: dict[str, Any] | None = None,
+        authorization: str | None = None,
+    ):
         """Execute a document; its one root field's value, or the first error as JSON."""
-        result = await self.schema.execute(
-            query, variable_values=variables, context_value=Context.new(self.state)
-        )
+        context = Context.new(self.state, authorization)
+        result = await self.schema.execute(query, variable_values=variables, context_value=context)
         if result.errors:
             first = result.errors[0]
             code = (first.extensions or {}).get("code", "BAD_REQUEST")

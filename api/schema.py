@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import strawberry
@@ -32,6 +32,7 @@ from saedex import data
 from saedex.api import inference
 from saedex.api.context import Context
 from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
+from saedex.api.explanations import Explanation, Mutation, explanation_of
 from saedex.api.scalars import JSON, SCALARS, FloatList, IntList, Long, TokenList
 from saedex.config import ServeConfig
 
@@ -221,6 +222,14 @@ class Feature:
         found = await info.context.loaders.neighbours.load(key)
         return [convert(Neighbour, n, sae_id=self.sae_id) for n in found]
 
+    @strawberry.field(
+        description="What the feature means, in words: current ones first, then the best "
+        "scored. With currentOnly, those made for earlier weights of this SAE are left out."
+    )
+    async def explanations(self, info: Info, current_only: bool = False) -> list[Explanation]:
+        found = await info.context.loaders.explanations.load((self.sae_id, self.index))
+        return [explanation_of(e) for e in found if e.current or not current_only]
+
 
 def feature_of(summary: data.FeatureSummary) -> Feature:
     return Feature(sae_id=summary.sae_id, index=summary.index, known=summary)
@@ -314,6 +323,40 @@ class FeatureMatch:
     example_matches: int = strawberry.field(
         description="How many of its top examples' contexts contain the query."
     )
+    matched_explanation: str | None = strawberry.field(
+        default=None, description="The feature's explanation that contains the query."
+    )
+
+
+def ranked_matches(sae_id: str, hits: list[tuple], explained: list) -> list[FeatureMatch]:
+    """One match per feature: explanations matching the query as whole words, then top-logit
+    token matches, then explanations containing it inside a word, then example-only matches
+    (any top example's context containing the text: the weakest evidence)."""
+    by_text = {h.feature: h for h in explained}
+    matches: dict[int, FeatureMatch] = {}
+
+    def add(index: int, tokens: list[str], n: int) -> None:
+        hit = by_text.get(index)
+        matches.setdefault(
+            index,
+            FeatureMatch(
+                index=index, feature=Feature(sae_id=sae_id, index=index), matched_tokens=tokens,
+                example_matches=n, matched_explanation=hit.text if hit else None,
+            ),
+        )  # fmt: skip
+
+    other = {i: (t, n) for i, t, n in hits}
+    for hit in explained:
+        if hit.whole_word:
+            add(hit.feature, *other.get(hit.feature, ([], 0)))
+    for i, t, n in hits:
+        if t:
+            add(i, t, n)
+    for hit in explained:
+        add(hit.feature, *other.get(hit.feature, ([], 0)))
+    for i, t, n in hits:
+        add(i, t, n)
+    return list(matches.values())
 
 
 @strawberry.type
@@ -399,6 +442,12 @@ class Query:
         min_density: float | None = None,
         max_density: float | None = None,
         top_token: str | None = None,
+        has_explanation: Annotated[
+            bool | None,
+            strawberry.argument(
+                description="Only features with (true) or without (false) a current explanation."
+            ),
+        ] = None,
     ) -> FeatureConnection | None:
         state = info.context.state
         state.sae(sae)
@@ -415,11 +464,16 @@ class Query:
             min_density,
             max_density,
             top_token,
+            has_explanation,
         )
         info.context.loaders.prime(page.items)
         return connection(page, offset)
 
-    @strawberry.field(description="Features whose top-logit tokens or top examples contain a text.")
+    @strawberry.field(
+        description="Features whose explanations, top-logit tokens or top examples contain a "
+        "text: explanations matching it as whole words first, then top-logit tokens, then "
+        "explanations containing it inside a word, then top examples."
+    )
     async def search_features(
         self, info: Info, sae: strawberry.ID, query: str, first: int | None = 20
     ) -> list[FeatureMatch] | None:
@@ -428,13 +482,10 @@ class Query:
         text = query.strip()
         if not text or len(text) > MAX_QUERY_CHARS:
             raise BadInput(f"query must have 1 to {MAX_QUERY_CHARS} characters")
-        hits = await run_sync(state.reader.search_features, sae, text, page_size(info, first, 20))
-        return [
-            FeatureMatch(
-                index=i, feature=Feature(sae_id=sae, index=i), matched_tokens=t, example_matches=n
-            )
-            for i, t, n in hits
-        ]
+        limit = page_size(info, first, 20)
+        hits = await run_sync(state.reader.search_features, sae, text, limit)
+        explained = await run_sync(state.reader.search_explanations, sae, text, limit)
+        return ranked_matches(sae, hits, explained)[:limit]
 
     @strawberry.field(description="Live: the SAE's features on a text (runs the model).")
     async def active_features(
@@ -482,6 +533,7 @@ def build_schema(config: ServeConfig) -> Schema:
     depth_rules = QueryDepthLimiter(max_depth=config.max_query_depth).validation_rules
     return Schema(
         query=Query,
+        mutation=Mutation,
         config=StrawberryConfig(scalar_map=SCALARS),
         extensions=[
             lambda: AddValidationRules(depth_rules),

@@ -307,6 +307,13 @@ def serve(
         int | None,
         typer.Option(help="Torch threads for live inference (1 is steadiest on a busy machine)."),
     ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the key explanation edits need (else $SAEDEX_API_KEY; "
+            "neither: edits off)."
+        ),
+    ] = None,
 ):
     """Serve an index: GraphQL (GraphiQL) at /graphql, REST under /api/ (see docs/api.md)."""
     from saedex.api.app import serve as run_server
@@ -320,6 +327,7 @@ def serve(
         inference=inference,
         device=device,
         cors_origins=tuple(cors_origin or ()),
+        api_key_file=api_key_file,
     )
     console.print(f"serving {db} on http://{host}:{port}/graphql (REST: /api/)")
     run_server(db, config, threads)
@@ -389,6 +397,68 @@ def demo(
         demo_job.serve(cfg, info, site_dir, console)
     else:
         console.print(f"ready: {cfg.db} and {demo_job.site_index(cfg)}")
+
+
+# -- explanations (saedex.explain) --
+
+explanations_app = typer.Typer(
+    help="Explanations of features: import, export (kept in <index>.edits.sqlite).",
+    no_args_is_help=True,
+)
+app.add_typer(explanations_app, name="explanations")
+
+
+@explanations_app.command("import")
+@user_errors
+def explanations_import(
+    file: Annotated[Path, typer.Argument(help="Neuronpedia rows (.jsonl[.gz]) or feature,text.")],
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index the file explains.")],
+    format: Annotated[
+        str | None, typer.Option(help="neuronpedia, jsonl or csv (default: from the file name and rows).")
+    ] = None,
+):
+    """Import explanations; importing the same file again adds nothing."""
+    from saedex.explain.transfer import import_explanations
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        result = import_explanations(reader, sae, file, format)
+        where = reader.edits_path
+    origin = f" (Neuronpedia {result.origin[0]}/{result.origin[1]})" if result.origin else ""
+    console.print(
+        f"{result.format}{origin}: {result.added:,} added, {result.skipped:,} already there "
+        f"-> {where}"
+    )
+
+
+@explanations_app.command("export")
+@user_errors
+def explanations_export(
+    out: Annotated[Path, typer.Argument(help="File to write (.jsonl, .jsonl.gz or .csv).")],
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index.")],
+    format: Annotated[
+        str | None,
+        typer.Option(help="neuronpedia, jsonl or csv (default: csv for .csv, else jsonl)."),
+    ] = None,
+    model_id: Annotated[
+        str | None, typer.Option(help="Neuronpedia modelId (default: from the model name).")
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Neuronpedia layer, its source id (default: N-saedex-SAE).")
+    ] = None,
+    current_only: Annotated[
+        bool, typer.Option(help="Leave out explanations made for earlier weights.")
+    ] = False,
+):
+    """Export an SAE's explanations (Neuronpedia rows, JSONL or CSV)."""
+    from saedex.explain.transfer import export_explanations
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        n = export_explanations(reader, sae, out, format, model_id, layer, current_only)
+    console.print(f"exported {n:,} explanations -> {out}")
 
 
 def main() -> None:

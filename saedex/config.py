@@ -90,6 +90,14 @@ class ServeConfig:
     inference: bool = True
     device: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # -- explanation edits (saedex.api.auth) --
+    api_key_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "File holding the API key that explanation edits need (Authorization: "
+            "Bearer <key>); else the SAEDEX_API_KEY environment variable; neither: edits off."
+        },
+    )
 
 
 @dataclass(frozen=True)

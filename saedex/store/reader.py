@@ -298,6 +298,11 @@ class IndexReader:
             return {i: [] for i in indices}
         return store.for_features(sae_id, indices, self.fingerprint(sae_id))
 
+    def search_explanations(self, sae_id: str, query: str, limit: int = 20) -> list:
+        """Features whose current explanations contain `query` (saedex.store.edits.search)."""
+        store = self.edits()
+        return [] if store is None else store.search(sae_id, query, self.fingerprint(sae_id), limit)
+
     def explained_features(self, sae_id: str) -> list[int]:
         store = self.edits()
         return [] if store is None else store.explained_features(sae_id, self.fingerprint(sae_id))
