@@ -415,7 +415,8 @@ def explanations_import(
     db: Annotated[Path, typer.Option(help="DuckDB index file.")],
     sae: Annotated[str, typer.Option(help="SAE id in the index the file explains.")],
     format: Annotated[
-        str | None, typer.Option(help="neuronpedia, jsonl or csv (default: from the file name and rows).")
+        str | None,
+        typer.Option(help="neuronpedia, jsonl or csv (default: from the file name and rows)."),
     ] = None,
 ):
     """Import explanations; importing the same file again adds nothing."""
