@@ -401,6 +401,8 @@ def demo(
 
 # -- explanations (saedex.explain) --
 
+from saedex.config import ExplainConfig, ScoreConfig  # noqa: E402 (this section's own import)
+
 explanations_app = typer.Typer(
     help="Explanations of features: import, export (kept in <index>.edits.sqlite).",
     no_args_is_help=True,
@@ -460,6 +462,150 @@ def explanations_export(
     with IndexReader(db) as reader:
         n = export_explanations(reader, sae, out, format, model_id, layer, current_only)
     console.print(f"exported {n:,} explanations -> {out}")
+
+
+_EXPLAIN = ExplainConfig()
+_SCORE = ScoreConfig()
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        help='"default" (embedded SmolLM2-135M-Instruct), a local HF causal LM, or an '
+        "OpenAI-compatible endpoint such as http://127.0.0.1:8080/v1."
+    ),
+]
+ModelNameOption = Annotated[
+    str | None, typer.Option(help="The model an endpoint should run (its `model` field).")
+]
+ContextOption = Annotated[
+    int | None, typer.Option(help="Model context in tokens (default: what the model reports).")
+]
+FeaturesOption = Annotated[
+    str | None, typer.Option(help="Features, e.g. 3,10-20 (default: every live feature).")
+]
+
+
+def _language_model(model: str, model_name: str | None, context: int | None, threads: int | None):
+    from saedex.explain.models import ModelSpec, load_language_model
+
+    spec = ModelSpec(model, model_name, context_length=context, threads=threads)
+    return load_language_model(spec)
+
+
+@app.command()
+@user_errors
+def explain(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index.")],
+    features: FeaturesOption = None,
+    model: ModelOption = "default",
+    model_name: ModelNameOption = None,
+    context_length: ContextOption = None,
+    batch_size: Annotated[int, typer.Option(help="Features per model call.")] = _EXPLAIN.batch_size,
+    n_examples: Annotated[
+        int, typer.Option(help="Examples shown per feature.")
+    ] = _EXPLAIN.n_examples,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = _EXPLAIN.max_new_tokens,
+    limit: Annotated[int | None, typer.Option(help="At most this many features.")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds after which no new batch starts.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads (local models).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Ask a language model for a short explanation of each feature (stored as source "model").
+
+    Resumable: features this model already explained are skipped.
+    """
+    from dataclasses import replace
+
+    from saedex.explain.explainer import explain as run_explain
+    from saedex.explain.explainer import parse_features
+    from saedex.store import IndexReader
+
+    cfg = replace(_EXPLAIN, batch_size=batch_size, n_examples=n_examples,
+                  max_new_tokens=max_new_tokens, limit=limit, time_budget_s=time_budget)  # fmt: skip
+    with IndexReader(db) as reader:
+        info = reader.sae(sae)
+        if info is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db}")
+        wanted = parse_features(features, info.d_sae)
+        lm = _language_model(model, model_name, context_length, threads)
+        try:
+            result = run_explain(reader, sae, lm, wanted, cfg, progress=not quiet)
+        finally:
+            lm.close()
+    console.print(
+        f"explained {result.explained:,} features in {result.seconds:.1f}s "
+        f"({result.per_minute:.1f}/min); {result.skipped:,} skipped (done or dead), "
+        f"{result.failed:,} without an answer"
+    )
+
+
+@app.command()
+@user_errors
+def score(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index.")],
+    features: FeaturesOption = None,
+    model: ModelOption = "default",
+    model_name: ModelNameOption = None,
+    context_length: ContextOption = None,
+    which: Annotated[
+        str, typer.Option(help="latest (each feature's newest explanation) or all.")
+    ] = "latest",
+    baseline: Annotated[
+        bool, typer.Option(help="Also score the trivial top-tokens explanation.")
+    ] = False,
+    explained_only: Annotated[
+        bool, typer.Option(help="Only features that have an explanation.")
+    ] = True,
+    n_activating: Annotated[
+        int, typer.Option(help="Held-out activating examples.")
+    ] = _SCORE.n_activating,
+    n_inactive: Annotated[int, typer.Option(help="Non-activating contexts.")] = _SCORE.n_inactive,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for scores.json and scores.svg (a histogram).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads (local models).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Score explanations with delphi's detection and fuzzing (balanced accuracy, 0.5 = chance)."""
+    import json
+    from dataclasses import replace
+
+    from saedex.explain.explainer import live_features, parse_features
+    from saedex.explain.scoring import histogram_svg, summarise
+    from saedex.explain.scoring import score as run_score
+    from saedex.store import IndexReader
+
+    cfg = replace(_SCORE, n_activating=n_activating, n_inactive=n_inactive)
+    with IndexReader(db) as reader:
+        info = reader.sae(sae)
+        if info is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db}")
+        wanted = live_features(reader, sae, parse_features(features, info.d_sae))
+        if explained_only:
+            explained = set(reader.explained_features(sae))
+            wanted = [f for f in wanted if f in explained]
+        lm = _language_model(model, model_name, context_length, threads)
+        try:
+            rows = run_score(reader, sae, lm, wanted, cfg, which, baseline, progress=not quiet)
+        finally:
+            lm.close()
+    summary = summarise(rows)
+    for kind, stats in summary.items():
+        if kind != "seconds_per_feature":
+            console.print(
+                f"{kind}: n={stats['n']} detection {stats['detection_mean']:.3f} "
+                f"fuzzing {stats['fuzzing_mean']:.3f} (mean balanced accuracy)"
+            )
+    if "seconds_per_feature" in summary:
+        console.print(f"{summary['seconds_per_feature']['mean']:.2f} s per feature")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scores.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        (out / "scores.svg").write_text(histogram_svg(rows))
+        console.print(f"wrote {out / 'scores.json'} and {out / 'scores.svg'}")
 
 
 def main() -> None:

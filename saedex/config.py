@@ -108,3 +108,36 @@ class SiteConfig:
     window: int = 10  # tokens either side of the max token shown before expanding
     features_per_index_page: int = 500
     workers: int = max(1, (os.cpu_count() or 1))
+
+
+# -- explanations (saedex.explain) --
+
+
+def _help(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """How `saedex explain` asks a model for explanations."""
+
+    batch_size: int = _help(8, "Features per model call (prompts are padded to the longest).")
+    n_examples: int = _help(10, "Activating examples shown (fewer if the context is short).")
+    window_before: int = _help(12, "Tokens shown before an example's peak.")
+    window_after: int = _help(4, "Tokens shown after an example's peak.")
+    n_logits: int = _help(8, "Top logit-lens tokens shown.")
+    max_new_tokens: int = _help(24, "Longest answer, in tokens.")
+    limit: int | None = _help(None, "Explain at most this many features.")
+    time_budget_s: float | None = _help(None, "Stop starting new batches after this long.")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How `saedex score` checks explanations (delphi's detection and fuzzing)."""
+
+    n_activating: int = _help(10, "Held-out activating examples per feature (at most).")
+    n_inactive: int = _help(10, "Non-activating contexts per feature.")
+    window_before: int = _help(12, "Tokens shown before an example's peak.")
+    window_after: int = _help(4, "Tokens shown after an example's peak.")
+    batch_size: int = _help(20, "Prompts per model call.")
+    seed: int = _help(0, "Seed for the non-activating contexts and fuzzing's wrong marks.")

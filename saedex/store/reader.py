@@ -307,6 +307,22 @@ class IndexReader:
         store = self.edits()
         return [] if store is None else store.explained_features(sae_id, self.fingerprint(sae_id))
 
+    def inactive_examples(self, sae_id: str, feature: int, n: int, seed: int = 0) -> list[Example]:
+        """Up to `n` contexts (a seeded pseudo-random choice) where the feature is zero on
+        every token: the negatives that explanation scorers show beside its examples."""
+        rows = self._rows(
+            "SELECT c.context_id FROM contexts c WHERE c.sae_id = ? AND c.context_id NOT IN "
+            "(SELECT context_id FROM activations WHERE sae_id = ? AND feature = ?) "
+            "ORDER BY hash(c.context_id + ?), c.context_id LIMIT ?",
+            [sae_id, sae_id, feature, seed, n],
+        )
+        contexts = self.contexts(sae_id, [r[0] for r in rows])
+        vocab = self._vocab_for(sae_id)
+        return [
+            Example(c, doc, source, ids, [vocab[t] for t in ids], [0.0] * len(ids), 0.0, 0)
+            for c, (doc, source, ids) in sorted(contexts.items())
+        ]
+
     # -- contexts (saedex.api) -----------------------------------------------------------------
 
     context_cache_size = 65_536  # contexts kept in memory (token ids as int32: ~0.6 KB each)
