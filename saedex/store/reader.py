@@ -30,8 +30,8 @@ from saedex.data import (
 )
 from saedex.errors import SaedexError
 from saedex.fingerprint import sae_fingerprint
-from saedex.store.edits import EditStore, edits_path
 from saedex.store import documents
+from saedex.store.edits import EditStore, edits_path
 from saedex.store.schema import check_version
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -324,6 +324,7 @@ class IndexReader:
             Example(c, doc, source, ids, [vocab[t] for t in ids], [0.0] * len(ids), 0.0, 0)
             for c, (doc, source, ids) in sorted(contexts.items())
         ]
+
     # -- document windows (saedex.store.documents) ----------------------------------------------
 
     def document_window(
