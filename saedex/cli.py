@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -447,6 +448,9 @@ def demo(
 
 from saedex.config import ExplainConfig, ScoreConfig  # noqa: E402 (this section's own import)
 
+DbOption = Annotated[Path, typer.Option(help="DuckDB index file.")]
+SaeOption = Annotated[str, typer.Option(help="SAE id in the index.")]
+
 explanations_app = typer.Typer(
     help="Explanations of features: import, export (kept in <index>.edits.sqlite).",
     no_args_is_help=True,
@@ -458,8 +462,8 @@ app.add_typer(explanations_app, name="explanations")
 @user_errors
 def explanations_import(
     file: Annotated[Path, typer.Argument(help="Neuronpedia rows (.jsonl[.gz]) or feature,text.")],
-    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
-    sae: Annotated[str, typer.Option(help="SAE id in the index the file explains.")],
+    db: DbOption,
+    sae: SaeOption,
     format: Annotated[
         str | None,
         typer.Option(help="neuronpedia, jsonl or csv (default: from the file name and rows)."),
@@ -483,8 +487,8 @@ def explanations_import(
 @user_errors
 def explanations_export(
     out: Annotated[Path, typer.Argument(help="File to write (.jsonl, .jsonl.gz or .csv).")],
-    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
-    sae: Annotated[str, typer.Option(help="SAE id in the index.")],
+    db: DbOption,
+    sae: SaeOption,
     format: Annotated[
         str | None,
         typer.Option(help="neuronpedia, jsonl or csv (default: csv for .csv, else jsonl)."),
@@ -528,18 +532,33 @@ FeaturesOption = Annotated[
 ]
 
 
-def _language_model(model: str, model_name: str | None, context: int | None, threads: int | None):
-    from saedex.explain.models import ModelSpec, load_language_model
+ThreadsOption = Annotated[int | None, typer.Option(help="Torch threads (local models).")]
 
-    spec = ModelSpec(model, model_name, context_length=context, threads=threads)
-    return load_language_model(spec)
+
+@contextlib.contextmanager
+def _explaining(db: Path, sae: str, features: str | None, spec):
+    """(reader, the wanted features or None, the language model), all closed on exit."""
+    from saedex.explain.explainer import parse_features
+    from saedex.explain.models import load_language_model
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        info = reader.sae(sae)
+        if info is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db}")
+        wanted = parse_features(features, info.d_sae)
+        model = load_language_model(spec)
+        try:
+            yield reader, wanted, model
+        finally:
+            model.close()
 
 
 @app.command()
 @user_errors
 def explain(
-    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
-    sae: Annotated[str, typer.Option(help="SAE id in the index.")],
+    db: DbOption,
+    sae: SaeOption,
     features: FeaturesOption = None,
     model: ModelOption = "default",
     model_name: ModelNameOption = None,
@@ -553,7 +572,7 @@ def explain(
     time_budget: Annotated[
         float | None, typer.Option(help="Seconds after which no new batch starts.")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads (local models).")] = None,
+    threads: ThreadsOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Ask a language model for a short explanation of each feature (stored as source "model").
@@ -563,21 +582,13 @@ def explain(
     from dataclasses import replace
 
     from saedex.explain.explainer import explain as run_explain
-    from saedex.explain.explainer import parse_features
-    from saedex.store import IndexReader
+    from saedex.explain.models import ModelSpec
 
     cfg = replace(_EXPLAIN, batch_size=batch_size, n_examples=n_examples,
                   max_new_tokens=max_new_tokens, limit=limit, time_budget_s=time_budget)  # fmt: skip
-    with IndexReader(db) as reader:
-        info = reader.sae(sae)
-        if info is None:
-            raise SaedexError(f"unknown SAE {sae!r} in {db}")
-        wanted = parse_features(features, info.d_sae)
-        lm = _language_model(model, model_name, context_length, threads)
-        try:
-            result = run_explain(reader, sae, lm, wanted, cfg, progress=not quiet)
-        finally:
-            lm.close()
+    spec = ModelSpec(model, model_name, context_length=context_length, threads=threads)
+    with _explaining(db, sae, features, spec) as (reader, wanted, lm):
+        result = run_explain(reader, sae, lm, wanted, cfg, progress=not quiet)
     console.print(
         f"explained {result.explained:,} features in {result.seconds:.1f}s "
         f"({result.per_minute:.1f}/min); {result.skipped:,} skipped (done or dead), "
@@ -588,8 +599,8 @@ def explain(
 @app.command()
 @user_errors
 def score(
-    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
-    sae: Annotated[str, typer.Option(help="SAE id in the index.")],
+    db: DbOption,
+    sae: SaeOption,
     features: FeaturesOption = None,
     model: ModelOption = "default",
     model_name: ModelNameOption = None,
@@ -610,32 +621,26 @@ def score(
     out: Annotated[
         Path | None, typer.Option(help="Folder for scores.json and scores.svg (a histogram).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads (local models).")] = None,
+    threads: ThreadsOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Score explanations with delphi's detection and fuzzing (balanced accuracy, 0.5 = chance)."""
     import json
     from dataclasses import replace
 
-    from saedex.explain.explainer import live_features, parse_features
+    from saedex.explain.explainer import live_features
+    from saedex.explain.models import ModelSpec
     from saedex.explain.scoring import histogram_svg, summarise
     from saedex.explain.scoring import score as run_score
-    from saedex.store import IndexReader
 
     cfg = replace(_SCORE, n_activating=n_activating, n_inactive=n_inactive)
-    with IndexReader(db) as reader:
-        info = reader.sae(sae)
-        if info is None:
-            raise SaedexError(f"unknown SAE {sae!r} in {db}")
-        wanted = live_features(reader, sae, parse_features(features, info.d_sae))
+    spec = ModelSpec(model, model_name, context_length=context_length, threads=threads)
+    with _explaining(db, sae, features, spec) as (reader, wanted, lm):
+        wanted = live_features(reader, sae, wanted)
         if explained_only:
             explained = set(reader.explained_features(sae))
             wanted = [f for f in wanted if f in explained]
-        lm = _language_model(model, model_name, context_length, threads)
-        try:
-            rows = run_score(reader, sae, lm, wanted, cfg, which, baseline, progress=not quiet)
-        finally:
-            lm.close()
+        rows = run_score(reader, sae, lm, wanted, cfg, which, baseline, progress=not quiet)
     summary = summarise(rows)
     for kind, stats in summary.items():
         if kind != "seconds_per_feature":

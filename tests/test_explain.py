@@ -6,26 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from saedex.config import ExplainConfig, IndexConfig, ScoreConfig
+from saedex.config import ExplainConfig, ScoreConfig
 from saedex.data import Example
 from saedex.errors import SaedexError
 from saedex.explain import prompts
 from saedex.explain.explainer import METHOD, explain, parse_features
 from saedex.explain.models import HFCausalLM, ModelSpec, OpenAICompatible
 from saedex.explain.scoring import Confusion, confusion, histogram_svg, roc_auc, score, summarise
-from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
-
-SAE = "sae"
-CFG = IndexConfig(context_size=48, batch_size=8, top_k=6, n_intervals=3, examples_per_interval=2)
-
+from tests.test_explanations import SAE, built_index, db  # noqa: F401 (fixtures)
 
 # -- arithmetic ------------------------------------------------------------------------------
 
@@ -96,22 +90,6 @@ def test_histogram_svg_counts_each_scorer():
 # -- the two model paths ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def built_index(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
-    db = tmp_path_factory.mktemp("explain") / "index.duckdb"
-    run_index(
-        IndexJob(str(tiny_model), str(tiny_sae), str(tiny_corpus), db, SAE, config=CFG), False
-    )
-    return db
-
-
-@pytest.fixture
-def db(built_index, tmp_path) -> Path:
-    copy = tmp_path / "index.duckdb"
-    shutil.copy(built_index, copy)
-    return copy
-
-
 class FakeOpenAI(BaseHTTPRequestHandler):
     """Explains every feature as "words with the letter e"; as a scorer, says Yes exactly when
     the text has an 'e' in it (or, fuzzing, in the marked part), with log-probabilities."""
@@ -155,7 +133,7 @@ def fake_endpoint():
     server.server_close()
 
 
-def test_openai_compatible_explain_resume_and_score(db, fake_endpoint):
+def test_openai_compatible_explain_resume_and_score(db, fake_endpoint):  # noqa: F811 (the fixture)
     model = OpenAICompatible(ModelSpec(fake_endpoint, "fake-llm"))
     with IndexReader(db) as reader:
         first = explain(reader, SAE, model, list(range(8)), ExplainConfig(batch_size=3), False)
@@ -189,7 +167,7 @@ def test_openai_compatible_explain_resume_and_score(db, fake_endpoint):
     model.close()
 
 
-def test_unreachable_endpoint_is_one_clear_error(db):
+def test_unreachable_endpoint_is_one_clear_error(db):  # noqa: F811 (the fixture)
     import socket
 
     with socket.socket() as s:
@@ -200,7 +178,7 @@ def test_unreachable_endpoint_is_one_clear_error(db):
         explain(reader, SAE, model, [0, 1, 2, 3], ExplainConfig(), False)
 
 
-def test_local_hf_model_explains_and_scores(db, tiny_model):
+def test_local_hf_model_explains_and_scores(db, tiny_model):  # noqa: F811 (the fixture)
     small = HFCausalLM(ModelSpec(str(tiny_model), context_length=100))
     with IndexReader(db) as reader, pytest.raises(SaedexError, match="does not fit"):
         explain(reader, SAE, small, [0, 1, 2], ExplainConfig(), False)
