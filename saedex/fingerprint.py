@@ -2,8 +2,9 @@
 
 User edits (explanations) are tied to the weights they explain, so a re-index of the same
 weights keeps them current and other weights mark them as explaining an earlier version.
-Until the index records a fingerprint of its own for each run, it is computed from the SAE
-directory the run names (`SaeInfo.sae_path`), once per file state (path, size, mtime).
+The index records it for each run (`SaeInfo.sae_weights_sha256`, schema 3); for a run without
+one it is computed from the SAE directory the run names (`SaeInfo.sae_path`), once per file
+state (path, size, mtime).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 
 def sae_fingerprint(info: SaeInfo) -> str | None:
     """ "sha256:<hex>" of the SAE's weights, or None when the weights are not on this machine."""
-    stored = getattr(info, "fingerprint", None) or getattr(info, "sae_fingerprint", None)
-    if stored:
-        return stored
+    if info.sae_weights_sha256:  # recorded by the index run (schema 3)
+        return f"sha256:{info.sae_weights_sha256}"
     path = Path(info.sae_path or "") / WEIGHTS_FILE
     try:
         stat = path.stat()
