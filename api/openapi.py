@@ -20,6 +20,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "Unknown SAE or feature",
         422: "Invalid input (limits, types)",
         503: "Live inference is off or the SAE cannot be loaded",
+        401: "No valid API key (Authorization: Bearer <key>)",
     }
     return {str(s): _json(_ref("Error"), meaning[s]) for s in statuses}
 
@@ -93,6 +94,7 @@ _SCHEMAS: dict[str, Any] = {
             "topLogits": _array(_ref("Logit")),
             "bottomLogits": _array(_ref("Logit")),
             "topExamples": _array(_ref("Example")),
+            "explanations": _array(_ref("Explanation")),
             "intervalSamples": _array(
                 {
                     "type": "object",
@@ -190,6 +192,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_explanation_paths(),
             "/api/active-features": {
                 "post": {
                     "summary": "Run the model and SAE on a text (live inference)",
@@ -204,5 +207,57 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": {**_SCHEMAS, **_EXPLANATION_SCHEMAS}},
     }
+
+
+# -- explanations (api/explanations_rest.py) --
+
+_NULL_STR = {"type": ["string", "null"]}
+_EXPLANATION_SCHEMAS: dict[str, Any] = {
+    "Explanation": {
+        "type": "object",
+        "description": "What a feature means, in words (the GraphQL Explanation type).",
+        "properties": {
+            "id": _INT, "sae": _STR, "feature": _INT, "text": _STR,
+            "source": {"enum": ["human", "import", "model"]}, "author": _NULL_STR,
+            "method": _NULL_STR, "scores": {"type": "object"}, "saeFingerprint": _NULL_STR,
+            "current": {"type": "boolean"}, "createdAt": _NULL_STR, "updatedAt": _NULL_STR,
+        },
+    },
+    "NewExplanation": {
+        "type": "object",
+        "required": ["sae", "feature", "text"],
+        "properties": {"sae": _STR, "feature": _INT, "text": _STR, "author": _STR, "method": _STR},
+    },
+    "ExplanationEdit": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": _STR, "author": _STR},
+    },
+}  # fmt: skip
+
+
+def _explanation_paths() -> dict[str, Any]:
+    body = lambda name: {  # noqa: E731
+        "required": True, "content": {"application/json": {"schema": _ref(name)}},
+    }  # fmt: skip
+    auth = "Needs Authorization: Bearer <the server's API key>."
+    by_id = [{"name": "id", "in": "path", "required": True, "schema": _INT}]
+    done = _json(_ref("Explanation"), "The explanation")
+    return {
+        "/api/explanations": {
+            "post": {"summary": "Add an explanation", "description": auth,
+                     "requestBody": body("NewExplanation"),
+                     "responses": {"200": done, **_errors(400, 401, 404, 422)}},
+        },
+        "/api/explanations/{id}": {
+            "patch": {"summary": "Edit an explanation's text", "description": auth,
+                      "parameters": by_id, "requestBody": body("ExplanationEdit"),
+                      "responses": {"200": done, **_errors(400, 401, 404, 422)}},
+            "delete": {"summary": "Delete an explanation", "description": auth,
+                       "parameters": by_id,
+                       "responses": {"200": _json({"type": "object"}, "Deleted"),
+                                     **_errors(401, 404, 422)}},
+        },
+    }  # fmt: skip
