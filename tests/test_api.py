@@ -536,7 +536,13 @@ def test_rest_active_features(client):
 def test_openapi_document(client):
     doc = client.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/api/saes", "/api/features/{sae}/{index}", "/api/active-features"}
+    assert set(doc["paths"]) == {
+        "/api/saes",
+        "/api/features/{sae}/{index}",
+        "/api/active-features",
+        "/api/explanations",
+        "/api/explanations/{id}",
+    }
     refs = json.dumps(doc).count('"$ref": "#/components/schemas/')
     assert refs > 5 and {"Feature", "Error", "ActiveFeatures"} <= set(doc["components"]["schemas"])
 
