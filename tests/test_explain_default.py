@@ -29,10 +29,10 @@ def test_default_model_explains_and_scores(tmp_path):
     assert got.exit_code == 0, got.output
     with IndexReader(db) as reader:
         (info,) = reader.saes()
-        page = reader.list_features(info.id, order_by="max_activation", descending=True, limit=3)
+        page = reader.list_features(info.id, order_by="max_activation", descending=True, limit=2)
         features = ",".join(str(f.index) for f in page.items)
     args = ["--db", str(db), "--sae", info.id, "--features", features, "--quiet"]
-    got = runner.invoke(app, ["explain", *args, "--batch-size", "3", "--threads", "2"])
+    got = runner.invoke(app, ["explain", *args, "--batch-size", "2", "--threads", "2"])
     assert got.exit_code == 0, got.output
     with IndexReader(db) as reader:
         made = [e for es in reader.explanations(info.id, [f.index for f in page.items]).values()
@@ -41,7 +41,7 @@ def test_default_model_explains_and_scores(tmp_path):
     assert all(0 < len(e.text) <= 200 and "\n" not in e.text for e in made)
     out = tmp_path / "scores"
     got = runner.invoke(app, ["score", *args, "--baseline", "--out", str(out),
-                              "--n-activating", "3", "--n-inactive", "3"])  # fmt: skip
+                              "--n-activating", "2", "--n-inactive", "2"])  # fmt: skip
     assert got.exit_code == 0, got.output
     report = json.loads((out / "scores.json").read_text())
     assert {r["kind"] for r in report["rows"]} <= {"model", "baseline"}
