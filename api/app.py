@@ -77,9 +77,10 @@ def create_app(
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """404/405 and friends as JSON, like every other error the API returns."""
+    """404/405 and friends as JSON, like every other error the API returns (with their headers:
+    a 405 names the allowed methods in `Allow`)."""
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, str(exc.detail), "HTTP_ERROR")
+    return error(exc.status_code, str(exc.detail), "HTTP_ERROR", headers=exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

@@ -34,6 +34,16 @@ def _array(name: str, description: str) -> ScalarDefinition:
     )
 
 
+# Each scalar's value as JSON Schema, for the OpenAPI document the REST mirror derives.
+JSON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "TokenList": {"type": "array", "items": {"type": "string"}},
+    "FloatList": {"type": "array", "items": {"type": "number"}},
+    "IntList": {"type": "array", "items": {"type": "integer"}},
+    "Long": {"type": "integer"},
+    "JSON": {},
+    "DateTime": {"type": "string", "format": "date-time"},
+}
+
 SCALARS: dict[object, ScalarDefinition] = {
     TokenList: _array("TokenList", "A JSON array of decoded token strings."),
     FloatList: _array("FloatList", "A JSON array of numbers (per-token activations)."),

@@ -154,7 +154,7 @@ class IndexReader:
         )
         out: dict[int, list[Neighbour]] = defaultdict(list)
         for feature, neighbour, cosine in rows:
-            out[feature].append(Neighbour(neighbour, cosine))
+            out[feature].append(Neighbour(sae_id, neighbour, cosine))
         return {i: out.get(i, []) for i in indices}
 
     def top_examples(
