@@ -136,10 +136,10 @@ class _Walker:
 
 
 def _inputs(
-    schema: GraphQLSchema, endpoint: Endpoint, limits: dict[str, Bound]
+    schema: GraphQLSchema, endpoint: Endpoint, limits: dict[str, Bound], examples: dict[str, list]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Each variable's JSON Schema (type, root argument's description and default, bounds),
-    and the names of the required ones."""
+    """Each variable's JSON Schema (type, root argument's description and default, bounds,
+    examples), and the names of the required ones."""
     root = endpoint.root
     arguments = schema.query_type.fields[root.name.value].args
     argument_of = {
@@ -161,6 +161,8 @@ def _inputs(
             required.append(name)
         if name in limits:
             value.update(limits[name].json_schema())
+        if examples.get(name):
+            value["examples"] = examples[name]
         properties[name] = value
     return properties, required
 
@@ -189,7 +191,11 @@ def _errors() -> dict[str, Any]:
 
 
 def operation(
-    schema: GraphQLSchema, endpoint: Endpoint, limits: dict[str, Bound], walker: _Walker
+    schema: GraphQLSchema,
+    endpoint: Endpoint,
+    limits: dict[str, Bound],
+    examples: dict[str, list],
+    walker: _Walker,
 ) -> dict[str, Any]:
     """The OpenAPI operation object of one endpoint."""
     root_field = schema.query_type.fields[endpoint.root.name.value]
@@ -198,7 +204,7 @@ def operation(
     if not isinstance(value_type, GraphQLNonNull):
         value_type = GraphQLNonNull(value_type)
     response = walker.required(value_type, endpoint.root.selection_set)
-    properties, required = _inputs(schema, endpoint, limits)
+    properties, required = _inputs(schema, endpoint, limits, examples)
     found: dict[str, Any] = {"summary": endpoint.summary}
     if root_field.description:
         found["description"] = f"GraphQL: `{endpoint.root.name.value}`. {root_field.description}"
@@ -223,14 +229,18 @@ def _version() -> str:
 
 
 def openapi_document(
-    schema: GraphQLSchema, endpoints: list[Endpoint], limits: dict[str, Bound]
+    schema: GraphQLSchema,
+    endpoints: list[Endpoint],
+    limits: dict[str, Bound],
+    examples: dict[str, list] | None = None,
 ) -> dict[str, Any]:
-    """The whole document for these endpoints over this schema and these limits."""
+    """The whole document for these endpoints over this schema and these limits; `examples`
+    (variable name -> values, e.g. this index's SAE ids) let clients and fuzzers find data."""
     walker = _Walker()
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
         paths.setdefault(endpoint.path, {})[endpoint.method] = operation(
-            schema, endpoint, limits, walker
+            schema, endpoint, limits, examples or {}, walker
         )
     return {
         "openapi": "3.1.0",

@@ -117,7 +117,10 @@ class RestApi:
         self.schema = schema
         self.state = state
         self.endpoints = endpoints(schema._schema)
-        self.document = openapi_document(schema._schema, self.endpoints, bounds(state.config))
+        examples = {"sae": list(state.saes), "text": ["The quick brown fox"]}
+        self.document = openapi_document(
+            schema._schema, self.endpoints, bounds(state.config), examples
+        )
 
     def routes(self) -> list[Route]:
         found = [

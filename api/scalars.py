@@ -41,7 +41,9 @@ JSON_SCHEMAS: dict[str, dict[str, Any]] = {
     "IntList": {"type": "array", "items": {"type": "integer"}},
     "Long": {"type": "integer"},
     "JSON": {},
-    "DateTime": {"type": "string", "format": "date-time"},
+    # strawberry writes datetime.isoformat(): ISO 8601, but with no zone, so not RFC 3339's
+    # "date-time" format
+    "DateTime": {"type": "string", "description": "ISO 8601 local date and time."},
 }
 
 SCALARS: dict[object, ScalarDefinition] = {

@@ -62,21 +62,32 @@ def page_size(info: Info, first: int | None, default: int | None) -> int | None:
 # -- records (generated from saedex.data: api/records.py) --------------------------------------
 
 
+def _public(value: str) -> str:
+    """A name for a publisher's local path (its last part); anything else as it is."""
+    path = PurePath(value)
+    return path.name if path.is_absolute() else value
+
+
+def _model_name(root: strawberry.Parent[data.SaeInfo]) -> str:
+    """The model the SAE reads: a hub name, or a local model directory's name."""
+    return _public(root.model_name)
+
+
 def _sae_path(root: strawberry.Parent[data.SaeInfo]) -> str:
     """The SAE directory's name: the publisher's local path is not shown."""
-    return PurePath(root.sae_path).name
+    return _public(root.sae_path)
 
 
 def _corpus(root: strawberry.Parent[data.SaeInfo]) -> str:
     """The corpus file's or folder's name: the publisher's local path is not shown."""
-    return PurePath(root.corpus).name if root.corpus != "default" else root.corpus
+    return _public(root.corpus)
 
 
 Sae = record_type(
     data.SaeInfo,
     "Sae",
     types_={"id": strawberry.ID},
-    resolvers={"sae_path": _sae_path, "corpus": _corpus},
+    resolvers={"model_name": _model_name, "sae_path": _sae_path, "corpus": _corpus},
 )
 Histogram = record_type(data.Histogram)
 LogitEntry = record_type(data.LogitEntry)
