@@ -13,7 +13,6 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from enum import Enum
-from pathlib import PurePath
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -62,25 +61,19 @@ def page_size(info: Info, first: int | None, default: int | None) -> int | None:
 # -- records (generated from saedex.data: api/records.py) --------------------------------------
 
 
-def _public(value: str) -> str:
-    """A name for a publisher's local path (its last part); anything else as it is."""
-    path = PurePath(value)
-    return path.name if path.is_absolute() else value
-
-
 def _model_name(root: strawberry.Parent[data.SaeInfo]) -> str:
     """The model the SAE reads: a hub name, or a local model directory's name."""
-    return _public(root.model_name)
+    return data.public_name(root.model_name)
 
 
 def _sae_path(root: strawberry.Parent[data.SaeInfo]) -> str:
     """The SAE directory's name: the publisher's local path is not shown."""
-    return _public(root.sae_path)
+    return data.public_name(root.sae_path)
 
 
 def _corpus(root: strawberry.Parent[data.SaeInfo]) -> str:
     """The corpus file's or folder's name: the publisher's local path is not shown."""
-    return _public(root.corpus)
+    return data.public_name(root.corpus)
 
 
 Sae = record_type(

@@ -24,6 +24,15 @@ corpus_app = typer.Typer(help="The default corpus.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 console = Console(stderr=True)
 
+# Options several commands share, declared once.
+Model = Annotated[str, typer.Option(help='"default", a local HF model directory, or a model name.')]
+Corpus = Annotated[
+    str,
+    typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
+]
+Device = Annotated[str | None, typer.Option(help="cuda, cpu, ... (default: cuda if present).")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+
 
 def user_errors(fn):
     """Print a SaedexError as one line and exit 2, instead of a traceback."""
@@ -48,28 +57,21 @@ def user_errors(fn):
 def index(
     db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
     config: IndexConfig,
-    model: Annotated[
-        str, typer.Option(help='"default", a local HF model directory, or a model name.')
-    ] = "default",
+    model: Model = "default",
     sae: Annotated[
         str, typer.Option(help='"default" or an SAE directory in SAELens format.')
     ] = "default",
-    corpus: Annotated[
-        str,
-        typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
-    ] = "default",
+    corpus: Corpus = "default",
     sae_id: Annotated[
         str | None,
         typer.Option(help="Name of this index in the file (default: the SAE directory's name)."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cuda, cpu, ... (default: cuda if present).")
-    ] = None,
+    device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing index of this SAE id.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
@@ -107,7 +109,7 @@ def corpus_build(
     out: Annotated[
         Path | None, typer.Option(help="Parquet file to write (default: the user cache).")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Build the default corpus from real text that pip packages ship (deterministic)."""
     from saedex.indexer.default_corpus import build_default_corpus, corpus_stats
@@ -127,26 +129,20 @@ def train_sae(
     out: Annotated[Path, typer.Option(help="Directory for the SAE, checkpoints and report.")],
     hook: Annotated[str, typer.Option(help="Hook to train on, e.g. blocks.6.hook_resid_post.")],
     config: TrainConfig,
-    model: Annotated[
-        str, typer.Option(help='"default", a local HF model directory, or a model name.')
-    ] = "default",
-    corpus: Annotated[
-        str, typer.Option(help='"default", a text file, a directory, JSONL or Parquet.')
-    ] = "default",
+    model: Model = "default",
+    corpus: Corpus = "default",
     activation_cache: Annotated[
         Path | None,
         typer.Option(help="Keep activations here (fp16) so later epochs skip the model."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cuda, cpu, ... (default: cuda if present).")
-    ] = None,
+    device: Device = None,
     save_dtype: Annotated[
         str, typer.Option(help="Weights dtype on disk: float32, bfloat16 or float16.")
     ] = "float32",
     resume: Annotated[
         bool, typer.Option(help="Continue from OUT/checkpoints if present (else start over).")
     ] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Train a TopK or ReLU SAE on a model hook; writes SAELens format and a held-out report.
 
@@ -193,7 +189,7 @@ def export_site_command(
     out: Annotated[Path, typer.Option(help="Folder for the MkDocs project.")],
     config: SiteConfig,
     build: Annotated[bool, typer.Option(help="Also run `mkdocs build` into OUT/site.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Export an index as a static MkDocs Material site: one dashboard page per feature.
 
@@ -226,7 +222,7 @@ def demo(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve when ready (--no-serve: build only).")] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Everything on the embedded default: corpus, index, site; then serve API + site.
 

@@ -120,11 +120,11 @@ class TrainConfig:
         "topk", "topk (with AuxK) or standard (ReLU + L1).", choices=("topk", "standard")
     )
     d_sae: int = setting(4608, "Number of latents.", min=1)
-    k: int = setting(32, "Active latents per token (topk).", min=1)
+    k: int = setting(32, "Active latents per token (topk; 1 to d_sae).")
     l1_coefficient: float = setting(
         0.1, "L1 penalty, in units of the data's norm (standard; see docs/training.md).", min=0
     )
-    lr: float = setting(4e-4, "Adam learning rate.", min=0)
+    lr: float = setting(4e-4, "Adam learning rate (positive).", min=0)
     batch_tokens: int = setting(1024, "Tokens per SAE step.", min=1)
     total_tokens: int = setting(
         2_000_000, "Training tokens (the corpus repeats if shorter).", min=1
@@ -151,6 +151,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ConfigError("k", f"must be between 1 and d_sae ({self.d_sae}), got {self.k}")
+        if self.lr == 0:
+            raise ConfigError("lr", "must be positive, got 0")
+        for name in ("total_tokens", "buffer_tokens"):
+            if getattr(self, name) < self.batch_tokens:
+                raise ConfigError(
+                    name, f"must be at least one batch ({self.batch_tokens:,} batch tokens)"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)

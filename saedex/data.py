@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
 
 
 def doc(text: str, **kwargs: Any) -> Any:
     """A field with its description: the one place the API, its OpenAPI and docs read it from."""
     return field(metadata={"doc": text}, **kwargs)
+
+
+def public_name(value: str) -> str:
+    """What a published page or the API shows for a path the publisher ran with: an absolute
+    local path becomes its last part (no home directories in public); anything else (a hub
+    model name, "default") is kept."""
+    path = PurePath(value)
+    return path.name if path.is_absolute() else value
 
 
 @dataclass(frozen=True)

@@ -96,13 +96,26 @@ def test_saes_and_sae_carry_every_run_field(client, reader):
     (sae,) = got["saes"]
     assert sae["id"] == SAE and got["sae"] == {"id": SAE, "dSae": info.d_sae}
     assert (sae["modelName"], sae["hookName"], sae["dIn"]) == (
-        info.model_name,
+        Path(info.model_name).name,  # a local model directory: its name, not its path
         info.hook_name,
         info.d_in,
     )
     assert sae["nTokens"] == info.n_tokens and sae["nExcludedTokens"] == info.n_excluded_tokens
     assert sae["settings"]["context_size"] == 48 and sae["status"] == "complete"
     assert sae["startedAt"] and sae["finishedAt"] and sae["durationS"] > 0
+
+
+def test_no_local_paths_are_published(client, reader):
+    """The publisher's absolute paths stay private: names only."""
+    info = reader.sae(SAE)
+    assert Path(info.sae_path).is_absolute() and Path(info.corpus).is_absolute()
+    (sae,) = data(client, "{ saes { modelName saePath corpus } }")["saes"]
+    assert sae == {
+        "modelName": Path(info.model_name).name,
+        "saePath": Path(info.sae_path).name,
+        "corpus": Path(info.corpus).name,
+    }
+    assert str(Path(info.sae_path).parent) not in client.get("/api/saes").text
 
 
 def test_unknown_sae_is_null_plus_error(client):
