@@ -25,6 +25,7 @@ GRAPHQL_TYPES: dict[str, Any] = {
     "token_ids": IntList,
     "activations": FloatList,
     "values": FloatList,
+    "context_starts": IntList,
     "n_tokens": Long,
     "n_excluded_tokens": Long,
     "n_active": Long,

@@ -28,7 +28,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
 from saedex import data
-from saedex.api import inference
+from saedex.api import documents, inference
 from saedex.api.bounds import MAX_QUERY_CHARS, bounds, check_unicode
 from saedex.api.context import Context
 from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
@@ -318,6 +318,31 @@ def active_of(result: inference.ActiveFeatures) -> ActiveFeatures:
     )
 
 
+# -- document windows (api/documents.py) ----------------------------------------------------
+
+
+@strawberry.input(description="A feature of any SAE indexed over the same corpus.")
+class FeatureRef:
+    sae: strawberry.ID
+    index: int
+
+
+def _sae_of(root: strawberry.Parent[Any]) -> strawberry.ID:
+    """The SAE, by id."""
+    return strawberry.ID(root.sae_id)
+
+
+def _window_end(root: strawberry.Parent[data.DocumentWindow]) -> int:
+    """The offset just past the window's last token."""
+    return root.end
+
+
+WindowFeature = record_type(data.WindowFeature, exclude=("sae_id",), resolvers={"sae": _sae_of})
+DocumentWindow = record_type(
+    data.DocumentWindow, exclude=("sae_id",), resolvers={"sae": _sae_of, "end": _window_end}
+)
+
+
 # -- the root --------------------------------------------------------------------------------
 
 
@@ -388,6 +413,32 @@ class Query:
         self, info: Info, sae: strawberry.ID, text: str, top_k: int = 10
     ) -> ActiveFeatures | None:
         return active_of(await run_active(info.context, sae, text, top_k))
+
+    @strawberry.field(
+        description="A document's tokens around a point (a context and position, e.g. an "
+        "example's contextId and maxTokenIndex; or a documentId and offset) with features' "
+        "activations, across context boundaries; live re-runs the model on the joined window."
+    )
+    async def document_window(
+        self,
+        info: Info,
+        sae: strawberry.ID,
+        features: list[int] | None = None,
+        other_features: list[FeatureRef] | None = None,
+        context_id: int | None = None,
+        position: int | None = None,
+        document_id: str | None = None,
+        offset: int = 0,
+        before: int = 64,
+        after: int = 64,
+        live: bool = False,
+    ) -> DocumentWindow | None:
+        refs = [(str(sae), i) for i in features or []]
+        refs += [(str(f.sae), f.index) for f in other_features or []]
+        request = documents.WindowRequest(
+            str(sae), refs, context_id, position, document_id, offset, before, after, live
+        )
+        return await documents.document_window(info.context.state, request)
 
 
 async def run_active(context: Context, sae_id: str, text: str, top_k: int):

@@ -175,6 +175,13 @@ class ServeConfig:
     max_query_depth: int = setting(10, "Deepest GraphQL query accepted.", min=1)
     max_text_chars: int = setting(2000, "Longest text activeFeatures accepts.", min=1)
     max_active_top_k: int = setting(100, "Largest topK activeFeatures accepts.", min=1)
+    # Document windows (documentWindow): tokens either side of the point, features per window,
+    # and the longest window the model re-runs live (attention over the whole window).
+    max_window_side: int = setting(512, "Most tokens a document window shows either side.", min=0)
+    max_window_features: int = setting(16, "Most features one document window shows.", min=1)
+    max_live_window_tokens: int = setting(
+        512, "Longest document window the model re-runs live.", min=1
+    )
     inference: bool = setting(True, "Allow live activeFeatures (loads the model on first use).")
     device: str | None = setting(None, "Device for live inference (default: cuda if present).")
     cors_origins: tuple[str, ...] = setting(

@@ -152,6 +152,48 @@ class FeatureData:
 
 
 @dataclass(frozen=True)
+class WindowFeature:
+    """One feature's activation on every token of a document window (0 where it is silent
+    or where the token was left out)."""
+
+    sae_id: str = doc("The feature's SAE.")
+    index: int = doc("The feature's index in its SAE.")
+    activations: list[float] = doc("Its activation on each token of the window.")
+
+
+@dataclass(frozen=True)
+class DocumentWindow:
+    """A stretch of one document's tokens, across the contexts the index cut it into.
+
+    Offsets count the document's own tokens (a prepended BOS is not one of them). `live`
+    says where the activations come from: False, as stored (computed context by context:
+    attention restarts at each `context_starts` offset); True, re-run on the joined window.
+    """
+
+    sae_id: str = doc("The SAE whose run cut the document into contexts.")
+    document_id: str = doc("The document's id.")
+    source: str = doc("Where the document comes from.")
+    focus: int = doc("The offset asked for (e.g. an example's max token).")
+    start: int = doc("The window's first offset in the document.")
+    token_ids: list[int] = doc("The window's token ids.")
+    tokens: list[str] = doc("Each token decoded alone.")
+    excluded: list[bool] = doc("Per token: an attention sink the run left out.")
+    context_starts: list[int] = doc(
+        "Offsets inside the window where a context (or the live run) begins."
+    )
+    document_tokens: int = doc("Tokens the document has.")
+    indexed_tokens: int = doc(
+        "Tokens of the document the index holds (fewer when the run stopped early)."
+    )
+    live: bool = doc("False: the stored activations; true: one live run over the whole window.")
+    features: list[WindowFeature] = doc("The features asked for, in the order asked.")
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.token_ids)
+
+
+@dataclass(frozen=True)
 class FeaturePage:
     """A page of feature summaries and the total matching the filters."""
 
