@@ -47,6 +47,18 @@ class SaeInfo:
     started_at: datetime | None = doc("When the run started.")
     finished_at: datetime | None = doc("When the run finished.")
     duration_s: float | None = doc("Seconds the run took.")
+    # Provenance (None for runs indexed before saedex recorded it; see docs/schema.md).
+    model_fingerprint: str | None = doc(
+        "sha256 of the model's checkpoint (the default model's GGUF).", default=None
+    )
+    sae_weights_sha256: str | None = doc("sha256 of sae_weights.safetensors.", default=None)
+    sae_cfg_sha256: str | None = doc("sha256 of the SAE's cfg.json.", default=None)
+    corpus_fingerprint: str | None = doc(
+        "sha256 of the corpus file, or over a directory's files.", default=None
+    )
+    saedex_version: str | None = doc("The saedex version that indexed it.", default=None)
+    dtype: str | None = doc("The model's dtype in the run.", default=None)
+    device: str | None = doc("The device the run used.", default=None)
 
 
 @dataclass(frozen=True)
