@@ -21,8 +21,10 @@ from strawberry.types import ExecutionResult
 from saedex.api.access_log import AccessLog
 from saedex.api.access_log import configure as configure_access_log
 from saedex.api.context import ApiState, Context
+from saedex.api.cost import ListSizes
 from saedex.api.errors import INTERNAL
 from saedex.api.inference import InferenceEngine
+from saedex.api.limits import BodySizeLimit
 from saedex.api.rest import RestApi, error
 from saedex.api.schema import Schema, build_schema
 from saedex.config import ServeConfig
@@ -56,7 +58,7 @@ def create_app(
     if config.inference and inference is None:
         inference = InferenceEngine(config.device)
     state = ApiState.load(reader, config, inference if config.inference else None)
-    schema = build_schema(config)
+    schema = build_schema(config, ListSizes.of(state.saes.values(), config))
     graphql = GraphQLApp(schema, state)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
@@ -72,6 +74,7 @@ def create_app(
                 allow_headers=["content-type"],
             )
         )
+    middleware.append(Middleware(BodySizeLimit, max_bytes=config.max_body_bytes))
     handlers = {HTTPException: http_error, Exception: internal_error}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 

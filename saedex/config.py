@@ -90,6 +90,31 @@ class ServeConfig:
     inference: bool = True
     device: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # -- cost, size and time limits (api/limits.py, api/cost.py; docs/api.md "Limits") --------
+    max_nodes: int = field(
+        default=50_000,
+        metadata={
+            "help": "Node budget of one GraphQL query, computed before it runs: each list "
+            "counts its `first` (or the most it can hold) times the lists it sits in."
+        },
+    )
+    max_aliases: int = field(
+        default=30, metadata={"help": "Most aliased fields in one GraphQL document."}
+    )
+    max_tokens: int = field(
+        default=5_000, metadata={"help": "Most lexical tokens in one GraphQL document."}
+    )
+    query_time_limit_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "Seconds one GraphQL operation (or REST call) may run before its index "
+            "queries are interrupted (TIMEOUT; REST 504). 0 turns the limit off."
+        },
+    )
+    max_body_bytes: int = field(
+        default=1_048_576,
+        metadata={"help": "Largest request body in bytes (GraphQL and REST); larger gets 413."},
+    )
 
 
 @dataclass(frozen=True)

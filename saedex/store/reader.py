@@ -27,6 +27,7 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
+from saedex.store.deadline import interruptible
 from saedex.store.schema import check_version
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -72,7 +73,8 @@ class IndexReader:
     def _rows(self, sql: str, params: list | dict | None = None) -> list[tuple]:
         cur = self._con.cursor()
         try:
-            return cur.execute(sql, params or []).fetchall()
+            with interruptible(cur):  # a request's deadline (store/deadline.py) can stop it
+                return cur.execute(sql, params or []).fetchall()
         finally:
             cur.close()
 
