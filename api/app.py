@@ -1,4 +1,5 @@
-"""The ASGI app: GraphQL (and GraphiQL) at /graphql, the REST mirror under /api/.
+"""The ASGI app: GraphQL (and GraphiQL) at /graphql, the REST mirror under /api/, the
+package's static files (GraphiQL's vendored assets) under /-/static/.
 
 All state is built here and passed down explicitly: the reader, the limits, the inference
 engine. Nothing is module-global, so tests can run several apps side by side.
@@ -18,6 +19,7 @@ from starlette.routing import Route
 from strawberry.asgi import GraphQL
 from strawberry.types import ExecutionResult
 
+from saedex.api import graphiql
 from saedex.api.access_log import AccessLog
 from saedex.api.access_log import configure as configure_access_log
 from saedex.api.context import ApiState, Context
@@ -41,6 +43,10 @@ class GraphQLApp(GraphQL):
     async def get_context(self, request: object, response: object) -> Context:
         return Context.new(self.state)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL page, whose assets the package serves (strawberry's uses a CDN)."""
+        return graphiql.page(request, graphiql.example_query(list(self.state.saes)))
+
     async def process_result(self, request: Request, result: ExecutionResult) -> dict:
         """As strawberry's, but with no `data` key when the request failed before execution
         (a syntax or validation error), as the GraphQL spec asks."""
@@ -63,6 +69,7 @@ def create_app(
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         *RestApi(schema, state).routes(),
+        graphiql.static_mount(),
     ]
     middleware = [Middleware(AccessLog)]
     if config.cors_origins:
