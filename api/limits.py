@@ -33,11 +33,15 @@ PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 def limit_extensions(config: ServeConfig, sizes: ListSizes) -> list[Callable[[], object]]:
     """The schema extensions that enforce `config`'s query limits (factories: one per request).
     They must come before strawberry's ValidationCache, which runs the rules they add."""
-    depth = QueryDepthLimiter(max_depth=config.max_query_depth).validation_rules
+    # The rule classes are made once: the ValidationCache's key holds them, so a class made
+    # per request would make every request miss the cache.
+    rules = [
+        *QueryDepthLimiter(max_depth=config.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(config.max_aliases).validation_rules,
+    ]
     extensions: list[Callable[[], object]] = [
         lambda: MaxTokensLimiter(config.max_tokens),
-        lambda: AddValidationRules(depth),
-        lambda: MaxAliasesLimiter(config.max_aliases),
+        lambda: AddValidationRules(rules),
         lambda: NodeBudget(config.max_nodes, sizes),
     ]
     if config.query_time_limit_s > 0:

@@ -135,6 +135,22 @@ def test_the_validation_cache_does_not_mix_variables(reader):  # noqa: F811
             assert ("errors" not in body) == admitted, (n, body)
 
 
+def test_a_repeated_document_is_validated_once(client):
+    """The limits' rule classes are made once (and the budget's once per cost-relevant
+    variable values), so strawberry's ValidationCache keeps working: the issue query is
+    refused from the cache after its first time."""
+    from strawberry.extensions.validation_cache import DEFAULT_MAXSIZE, _get_validate_cache
+
+    cache = _get_validate_cache(DEFAULT_MAXSIZE)
+    for i in range(3):
+        before = cache.cache_info()
+        client.post("/graphql", json={"query": ISSUE_QUERY})
+        client.get(f"/api/features/sae/{i}")
+        after = cache.cache_info()
+        if i:
+            assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
+
+
 def test_live_inference_costs_by_text_length_and_top_k(zero_budget):
     query = (
         'query ($t: String!, $k: Int!) { activeFeatures(sae: "sae", text: $t, topK: $k) '
