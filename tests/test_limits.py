@@ -160,6 +160,17 @@ def test_live_inference_costs_by_text_length_and_top_k(zero_budget):
     assert cost(zero_budget, query, {"t": text, "k": 3}) == len(text) * (1 + 3) + 3
 
 
+def test_rest_live_inference_within_the_budget(client):
+    """The REST endpoint asks for `positions`: a 2,000-character text costs 2,000 x (1 + topK)
+    + topK nodes, so topK 23 passes the budget (then meets --no-inference) and 24 does not."""
+    body = {"sae": SAE, "text": "a" * 2000}
+    admitted = client.post("/api/active-features", json={**body, "topK": 23})
+    refused = client.post("/api/active-features", json={**body, "topK": 24})
+    assert admitted.status_code == 503 and admitted.json()["code"] == "UNAVAILABLE"
+    assert refused.status_code == 400 and refused.json()["code"] == "MAX_NODE_LIMIT_EXCEEDED"
+    assert "could return 50,024 nodes; the limit is 50,000" in refused.json()["error"]
+
+
 def test_every_list_of_objects_has_a_bound():
     """A list field with neither `first` nor an entry in BOUNDS would be counted at the page
     limit; a new list field must say how many items it can hold."""
