@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import threading
 import time
@@ -18,10 +17,8 @@ from starlette.testclient import TestClient
 from saedex.api.app import create_app
 from saedex.api.graphiql import ASSETS, STATIC_DIR
 from saedex.config import ServeConfig
+from tests.browser import CHROMEDRIVER, CHROMIUM, OFFLINE, chromium
 from tests.test_api import SAE, api_db, reader  # noqa: F401
-
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -68,29 +65,10 @@ def server(app):
 
 @pytest.fixture(scope="module")
 def offline_browser(tmp_path_factory):
-    """Headless Chromium that can reach 127.0.0.1 only: every other host name resolves to
-    nothing, and any other address goes to a proxy that refuses connections."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,900",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--proxy-server=http://127.0.0.1:9",
-        "--proxy-bypass-list=127.0.0.1",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    """Headless Chromium that can reach 127.0.0.1 only."""
+    driver = chromium(
+        tmp_path_factory.mktemp("chromium-profile"), *OFFLINE, "--window-size=1400,760"
+    )
     yield driver
     driver.quit()
 
