@@ -64,6 +64,7 @@ class ListSizes:
     examples_per_interval: int = IndexConfig.examples_per_interval
     max_page_size: int = ServeConfig.max_page_size
     max_text_chars: int = ServeConfig.max_text_chars
+    max_window_features: int = ServeConfig.max_window_features
 
     @classmethod
     def of(cls, saes: Iterable[SaeInfo], config: ServeConfig) -> ListSizes:
@@ -83,6 +84,7 @@ class ListSizes:
             examples_per_interval=most("examples_per_interval"),
             max_page_size=config.max_page_size,
             max_text_chars=config.max_text_chars,
+            max_window_features=config.max_window_features,
         )
 
 
@@ -105,6 +107,7 @@ BOUNDS: dict[str, Bound] = {
     "ActiveFeatures.positions": lambda s, a: a.get("text") or s.max_text_chars,
     "ActiveFeatures.features": lambda s, a: a.get("topK"),
     "TokenFeatures.features": lambda s, a: a.get("topK"),
+    "DocumentWindow.features": lambda s, a: s.max_window_features,
 }
 
 
