@@ -127,8 +127,10 @@ class Counter:
         self.context = context
         self.sizes = sizes
         self.variables = variables
+        self.values: dict[str, Any] = dict(variables)
 
     def operation(self, node: OperationDefinitionNode) -> int:
+        """The operation's cost; variables it is not given take their declared defaults."""
         root = self.context.schema.get_root_type(node.operation)
         defaults = {
             d.variable.name.value: reduce(value_from_ast_untyped(d.default_value))
@@ -248,9 +250,6 @@ class NodeBudget(AddValidationRules):
         super().__init__([])
         self.limit = limit
         self.sizes = sizes
-
-    def on_operation(self) -> Iterator[None]:
-        yield
 
     def on_validate(self) -> Iterator[None]:
         ec = self.execution_context
