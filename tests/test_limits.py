@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import threading
 import time
 
+import duckdb
 import httpx
 import pytest
 from graphql import GraphQLList, GraphQLNonNull, get_named_type, is_leaf_type
@@ -215,6 +218,26 @@ def test_token_limit(reader):  # noqa: F811
 SLOW_SQL = "SELECT count(*) FROM range(1000000000) a, range(1000) b WHERE a.range + b.range = 7"
 
 
+class CursorRecorder:
+    """A connection that remembers the cursors it hands out."""
+
+    def __init__(self, con):
+        self.con = con
+        self.cursors = []
+
+    def cursor(self):
+        self.cursors.append(self.con.cursor())
+        return self.cursors[-1]
+
+    def interrupt_all(self) -> None:
+        for cursor in self.cursors:
+            with contextlib.suppress(duckdb.Error):  # closed ones
+                cursor.interrupt()
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
 def test_slow_query_is_interrupted_while_others_are_answered(reader, monkeypatch):  # noqa: F811
     """A store query that would run for hours is stopped at the deadline (TIMEOUT, REST 504)
     and frees its thread; requests sent meanwhile are answered while it runs."""
@@ -226,6 +249,11 @@ def test_slow_query_is_interrupted_while_others_are_answered(reader, monkeypatch
         return real(sae_id, indices, *args)
 
     monkeypatch.setattr(reader, "top_examples", slow_for_feature_7)
+    # If the deadline failed to interrupt, this watchdog would, so the test fails, not hangs.
+    recorder = CursorRecorder(reader._con)
+    monkeypatch.setattr(reader, "_con", recorder)
+    watchdog = threading.Timer(60, recorder.interrupt_all)
+    watchdog.start()
     app = app_with(reader, query_time_limit_s=2.0)
     query = '{ feature(sae: "sae", index: 7) { index topExamples { contextId } } }'
 
@@ -241,7 +269,10 @@ def test_slow_query_is_interrupted_while_others_are_answered(reader, monkeypatch
             return await slow, await rest, fast, fast_during
 
     started = time.perf_counter()
-    slow, rest, fast, fast_during = asyncio.run(run())
+    try:
+        slow, rest, fast, fast_during = asyncio.run(run())
+    finally:
+        watchdog.cancel()
     elapsed = time.perf_counter() - started
     body = slow.json()
     assert body["data"] == {"feature": None}
