@@ -138,13 +138,20 @@ class Counter:
             if d.default_value is not None
         }
         self.values = {**defaults, **self.variables}
-        return self.selections(node.selection_set, root, 1, {}) if root else 0
+        return self.selections(node.selection_set, root, 1, {}, frozenset()) if root else 0
 
     def selections(
-        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, times: int, around: Args
+        self,
+        selection_set: SelectionSetNode,
+        parent: GraphQLNamedType,
+        times: int,
+        around: Args,
+        seen: frozenset[str],
     ) -> int:
+        """The cost of a selection set that is returned `times` times; `around` holds the
+        cost arguments of the fields it sits in, `seen` the fragments it sits in."""
         total = 0
-        for field, owner in self.fields(selection_set, parent, frozenset()):
+        for field, owner, inside in self.fields(selection_set, parent, seen):
             definition = getattr(owner, "fields", {}).get(field.name.value)
             if definition is None or field.selection_set is None:
                 continue  # unknown fields are other rules' business; leaves cost nothing
@@ -156,17 +163,19 @@ class Counter:
             if is_list(definition.type):
                 size = self.size(f"{owner.name}.{field.name.value}", args, definition.args)
                 total += times * size
-            total += self.selections(field.selection_set, named, times * size, args)
+            total += self.selections(field.selection_set, named, times * size, args, inside)
         return total
 
     def fields(
         self, selection_set: SelectionSetNode, parent: GraphQLNamedType, seen: frozenset[str]
-    ) -> Iterator[tuple[FieldNode, GraphQLNamedType]]:
-        """The fields selected on `parent`, through inline fragments and fragment spreads."""
+    ) -> Iterator[tuple[FieldNode, GraphQLNamedType, frozenset[str]]]:
+        """The fields selected on `parent`, through inline fragments and fragment spreads,
+        each with the fragments it sits in (a fragment inside itself is not followed)."""
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
-                yield selection, parent
+                yield selection, parent, seen
                 continue
+            inside = seen
             if isinstance(selection, InlineFragmentNode):
                 inner, condition = selection, selection.type_condition
             elif isinstance(selection, FragmentSpreadNode):
@@ -174,12 +183,12 @@ class Counter:
                 inner = self.context.get_fragment(name)
                 if inner is None or name in seen:
                     continue  # unknown or cyclic: reported by graphql-core's own rules
-                seen, condition = seen | {name}, inner.type_condition
+                inside, condition = seen | {name}, inner.type_condition
             else:
                 continue
             owner = self.context.schema.get_type(condition.name.value) if condition else parent
             if owner is not None:
-                yield from self.fields(inner.selection_set, owner, seen)
+                yield from self.fields(inner.selection_set, owner, inside)
 
     def arguments(self, field: FieldNode, definitions: Mapping[str, Any]) -> dict[str, Any]:
         """The field's cost arguments: given (literal or variable), else their defaults."""
@@ -206,8 +215,9 @@ def is_list(type_: Any) -> bool:
 
 
 def message(cost: int, limit: int) -> str:
+    count = f"{cost:,}" if cost < 10**15 else f"{cost:.3g}"  # nested lists multiply fast
     return (
-        f"this query could return {cost:,} nodes; the limit is {limit:,} (each list counts its "
+        f"this query could return {count} nodes; the limit is {limit:,} (each list counts its "
         "`first` times the lists it sits in): ask for fewer items, or split the query"
     )
 

@@ -154,6 +154,20 @@ def test_a_repeated_document_is_validated_once(client):
             assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
 
 
+def test_fragment_cycles_and_deep_nesting_are_refused_cleanly(client):
+    cyclic = (
+        '{ feature(sae: "sae", index: 1) { ...F } } '
+        "fragment F on Feature { neighbours { feature { ...F } } }"
+    )
+    body = gql(client, cyclic)
+    assert "data" not in body and "Cannot spread fragment 'F' within itself." in str(body)
+    deep = '{ feature(sae: "sae", index: 1) { ' + "neighbours { feature { " * 40 + "index"
+    body = gql(client, deep + " } }" * 40 + " } }")
+    codes = {e.get("extensions", {}).get("code") for e in body["errors"]}
+    assert "data" not in body and "MAX_NODE_LIMIT_EXCEEDED" in codes
+    assert "could return 1.11e+40 nodes" in str(body)
+
+
 def test_live_inference_costs_by_text_length_and_top_k(zero_budget):
     query = (
         'query ($t: String!, $k: Int!) { activeFeatures(sae: "sae", text: $t, topK: $k) '
