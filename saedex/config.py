@@ -192,7 +192,7 @@ class ServeConfig:
         50_000,
         "Node budget of one GraphQL query, computed before it runs: each list counts its "
         "`first` (or the most it can hold) times the lists it sits in.",
-        min=1,
+        min=0,
     )
     max_aliases: int = setting(30, "Most aliased fields in one GraphQL document.", min=0)
     max_tokens: int = setting(5_000, "Most lexical tokens in one GraphQL document.", min=1)

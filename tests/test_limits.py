@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from saedex.api.app import create_app
 from saedex.api.cost import BOUNDS, ListSizes
-from saedex.api.rest import FEATURE_QUERY
+from saedex.api.rest import endpoints
 from saedex.api.schema import build_schema
 from saedex.config import ServeConfig
 from tests.test_api import EXAMPLE, SAE, api_db, data, engine, gql, reader  # noqa: F401, F811
@@ -26,6 +26,12 @@ ISSUE_ALIAS = (
     "feature { topExamples(first: 20) { tokens activations } } } } } }"
 )
 ISSUE_QUERY = "{ " + " ".join(ISSUE_ALIAS.replace("{i}", str(i)) for i in range(10)) + " }"
+# The REST feature endpoint's document (every field of Feature, derived from the schema).
+FEATURE_QUERY = next(
+    e.document
+    for e in endpoints(build_schema(ServeConfig())._schema)
+    if e.path == "/api/features/{sae}/{index}"
+)
 PAGE_QUERY = f'{{ features(sae: "sae", first: 100) {{ edges {{ node {{ index topExamples(first: 20) {{ {EXAMPLE} }} }} }} }} }}'
 
 
