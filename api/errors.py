@@ -9,7 +9,9 @@ from __future__ import annotations
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 
+from saedex.api.cost import NODE_LIMIT
 from saedex.errors import SaedexError
+from saedex.store.deadline import TIMEOUT
 
 
 class ApiError(SaedexError):
@@ -61,6 +63,9 @@ ERROR_CLASSES: tuple[type[ApiError], ...] = (ApiError, NotFound, BadInput, Unava
 ERROR_STATUS = {
     **{cls.code: cls.status for cls in ERROR_CLASSES},
     INTERNAL: 500,
+    # limits (api/limits.py): over the node budget, past the time limit
+    NODE_LIMIT: 400,
+    TIMEOUT: 504,
 }
 
 

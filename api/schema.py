@@ -18,12 +18,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
@@ -31,7 +26,9 @@ from saedex import data
 from saedex.api import documents, inference
 from saedex.api.bounds import MAX_QUERY_CHARS, bounds, check_unicode
 from saedex.api.context import Context
+from saedex.api.cost import ListSizes
 from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
+from saedex.api.limits import limit_extensions
 from saedex.api.records import delegating_resolvers, field_doc, record_type
 from saedex.api.scalars import SCALARS, FloatList, IntList, TokenList
 from saedex.config import ServeConfig
@@ -486,14 +483,14 @@ class Schema(strawberry.Schema):
         super().process_errors([e for e in errors if is_unexpected(e)], execution_context)
 
 
-def build_schema(config: ServeConfig) -> Schema:
-    """The schema with its limits; parsed and validated documents are cached across requests."""
-    depth_rules = QueryDepthLimiter(max_depth=config.max_query_depth).validation_rules
+def build_schema(config: ServeConfig, sizes: ListSizes | None = None) -> Schema:
+    """The schema with its limits (api/limits.py; `sizes`: the served index's list sizes, for
+    the node budget); parsed and validated documents are cached across requests."""
     return Schema(
         query=Query,
         config=StrawberryConfig(scalar_map=SCALARS),
         extensions=[
-            lambda: AddValidationRules(depth_rules),
+            *limit_extensions(config, sizes or ListSizes.of([], config)),
             ParserCache,
             ValidationCache,
             MaskUnexpected,

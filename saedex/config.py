@@ -187,6 +187,24 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = setting(
         help="An origin allowed by CORS (repeatable; * for any).", flag="cors-origin", factory=tuple
     )
+    # -- cost, size and time limits (api/limits.py, api/cost.py; docs/api.md "Limits") --------
+    max_nodes: int = setting(
+        50_000,
+        "Node budget of one GraphQL query, computed before it runs: each list counts its "
+        "`first` (or the most it can hold) times the lists it sits in.",
+        min=0,
+    )
+    max_aliases: int = setting(30, "Most aliased fields in one GraphQL document.", min=0)
+    max_tokens: int = setting(5_000, "Most lexical tokens in one GraphQL document.", min=1)
+    query_time_limit_s: float = setting(
+        10.0,
+        "Seconds one GraphQL operation (or REST call) may run before its index queries are "
+        "interrupted (TIMEOUT; REST 504). 0 turns the limit off.",
+        min=0,
+    )
+    max_body_bytes: int = setting(
+        1_048_576, "Largest request body in bytes (GraphQL and REST); larger gets 413.", min=1
+    )
 
     def __post_init__(self) -> None:
         validate(self)
