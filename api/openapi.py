@@ -30,7 +30,7 @@ from graphql import (
 )
 
 from saedex.api.bounds import INT32_MAX, INT32_MIN, Bound
-from saedex.api.errors import ERROR_CLASSES
+from saedex.api.errors import ERROR_CLASSES, ERROR_STATUS
 from saedex.api.scalars import JSON_SCHEMAS
 
 BUILTIN_SCALARS: dict[str, dict[str, Any]] = {
@@ -181,13 +181,18 @@ ERROR_SCHEMA = {
 }
 
 
-def _errors() -> dict[str, Any]:
-    """Every error status the API can answer (500 aside), from its error classes."""
-    found: dict[str, Any] = {}
-    for cls in ERROR_CLASSES:
-        text = (cls.__doc__ or cls.code).strip().splitlines()[0]
-        found.setdefault(str(cls.status), _json({"$ref": "#/components/schemas/Error"}, text))
-    return dict(sorted(found.items()))
+def _errors(method: str) -> dict[str, Any]:
+    """Every error status the API can answer (500 aside): its error classes' statuses, the
+    other codes REST maps (node budget, time limit), and 413 where a request has a body."""
+    meaning = {c.code: (c.__doc__ or c.code).strip().splitlines()[0] for c in ERROR_CLASSES}
+    found: dict[str, str] = {}
+    for code, status in ERROR_STATUS.items():
+        if status != 500:
+            found.setdefault(str(status), meaning.get(code) or code.replace("_", " ").capitalize())
+    if method != "get":
+        found["413"] = "The request body is larger than the server's limit."
+    ref = {"$ref": "#/components/schemas/Error"}
+    return {status: _json(ref, text) for status, text in sorted(found.items())}
 
 
 def operation(
@@ -217,7 +222,7 @@ def operation(
     else:
         body = {"type": "object", "properties": properties, "required": required}
         found["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    found["responses"] = {"200": _json(response, endpoint.summary), **_errors()}
+    found["responses"] = {"200": _json(response, endpoint.summary), **_errors(endpoint.method)}
     return found
 
 
