@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from saedex.config import IndexConfig
 from saedex.indexer.sae import SaeConfig, save_sae
 
 D_MODEL = 32
@@ -146,3 +147,35 @@ def tiny_corpus(tmp_path_factory) -> Path:
         for doc in make_corpus_docs():
             fh.write(json.dumps(doc) + "\n")
     return path
+
+
+# -- an index of the tiny fixtures, served by the API tests and fuzzed by test_fuzz_api --------
+
+API_SAE = "sae"
+
+
+@pytest.fixture(scope="session")
+def api_db(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
+    """An index whose contexts split documents and whose sink rule excludes some tokens."""
+    from saedex.indexer.indexing import IndexJob, run_index
+
+    db = tmp_path_factory.mktemp("api") / "index.duckdb"
+    cfg = IndexConfig(context_size=48, batch_size=8, sink_norm_multiple=1.3)
+    job = IndexJob(str(tiny_model), str(tiny_sae), str(tiny_corpus), db, API_SAE, config=cfg)
+    run_index(job, False)
+    return db
+
+
+@pytest.fixture(scope="session")
+def reader(api_db):
+    from saedex.store import IndexReader
+
+    with IndexReader(api_db) as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from saedex.api.inference import InferenceEngine
+
+    return InferenceEngine("cpu")
