@@ -321,8 +321,7 @@ def serve(
         device=device,
         cors_origins=tuple(cors_origin or ()),
     )
-    console.print(f"serving {db} on http://{host}:{port}/graphql (REST: /api/)")
-    run_server(db, config, threads)
+    run_server(db, config, threads, ready=console.print)
 
 
 # -- export-site (saedex.site) --

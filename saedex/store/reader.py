@@ -13,8 +13,6 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-import duckdb
-
 from saedex.data import (
     Example,
     FeatureData,
@@ -27,6 +25,7 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
+from saedex.store.opening import connect
 from saedex.store.schema import check_version
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -44,12 +43,7 @@ class IndexReader:
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        if not path.exists():
-            raise SaedexError(f"index file not found: {path}")
-        try:
-            self._con = duckdb.connect(str(path), read_only=True)
-        except duckdb.Error as exc:
-            raise SaedexError(f"cannot open index {path}: {exc}".splitlines()[0]) from exc
+        self._con = connect(path, read_only=True)
         try:
             check_version(self._con, path)
         except SaedexError:

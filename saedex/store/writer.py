@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from saedex.config import IndexConfig
+from saedex.store.opening import connect
 from saedex.store.schema import DERIVED_TABLES, RUN_TABLES, ensure_schema
 
 STATUS_PLANNING = "planning"
@@ -50,7 +51,7 @@ class IndexWriter:
     """Owns the read-write connection while a run writes into the index file."""
 
     def __init__(self, path: str | Path):
-        self.con = duckdb.connect(str(path))
+        self.con = connect(path, read_only=False)
         try:
             ensure_schema(self.con, path)
         except BaseException:

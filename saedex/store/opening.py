@@ -1,0 +1,111 @@
+"""Opening an index file, hardened: every way a file can be wrong is one SaedexError line that
+names the file and says what to do, and a refused open writes nothing.
+
+DuckDB reports a damaged file in several shapes, some only at the first query that reads a
+missing block (a truncated copy opens fine, then fails mid-request). The cheap checks here
+(header, size against the block count, lock, storage version, whose tables) catch those before
+any query runs, so `info`, `serve` and `index` fail at the door instead of with a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+
+from saedex.errors import SaedexError
+
+# DuckDB's file starts with three 4 KiB headers (main + two database headers); the main one
+# holds an 8-byte checksum, then the magic bytes.
+_HEADERS = 3 * 4096
+_MAGIC = b"DUCK"
+_MAGIC_AT = 8
+# Tables any saedex index has, whatever its layout (the store keeps these names readable).
+_INDEX_TABLES = {"meta", "saes"}
+
+_REINDEX = "restore it from a backup, or index again into a new file"
+
+
+def connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection to the index at `path`; read-write creates it when missing."""
+    path = Path(path)
+    problem = _file_problem(path, read_only)
+    if problem is None:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            problem = _explain(str(exc))
+        else:
+            try:
+                problem = _opened_problem(con, path)
+            except duckdb.Error as exc:
+                problem = _explain(str(exc))
+            if problem is None:
+                return con
+            con.close()
+    raise SaedexError(f"{path}: {problem}")
+
+
+def _file_problem(path: Path, read_only: bool) -> str | None:
+    """What is wrong with the file before DuckDB sees it (DuckDB's own messages for these are
+    either misleading or multi-line)."""
+    if not path.exists():
+        return (
+            "index file not found (check the path; `saedex index` creates one)"
+            if read_only
+            else None
+        )
+    if path.is_dir():
+        return "is a directory, not an index file"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes), not an index: delete it, or pass another file"
+    with path.open("rb") as fh:
+        head = fh.read(_MAGIC_AT + len(_MAGIC))
+    if head[_MAGIC_AT:] != _MAGIC:
+        return "is not a DuckDB file (no DuckDB header): pass an index written by `saedex index`"
+    if size < _HEADERS:
+        return f"is truncated ({size:,} bytes, shorter than DuckDB's headers): {_REINDEX}"
+    return None
+
+
+def _opened_problem(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
+    """What is wrong with a file DuckDB accepted: cut short, or not a saedex index."""
+    block_size, total_blocks = con.execute(
+        "SELECT block_size, total_blocks FROM pragma_database_size() LIMIT 1"
+    ).fetchone()
+    expected = _HEADERS + block_size * total_blocks
+    size = path.stat().st_size
+    if size < expected:
+        return f"is truncated ({size:,} of {expected:,} bytes): {_REINDEX}"
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if tables and not tables & _INDEX_TABLES:
+        return (
+            "is a DuckDB database but not a saedex index (no saes or meta table): pass an index "
+            "written by `saedex index`, or a new file"
+        )
+    return None
+
+
+def _explain(message: str) -> str:
+    """DuckDB's error as one line that says what to do."""
+    if lock := re.search(r"Conflicting lock is held in (.*?) \(PID (\d+)\)", message):
+        return (
+            f"is in use by another process (PID {lock[2]}, {Path(lock[1]).name}), e.g. an "
+            "indexing run: wait for it to finish or stop it, then try again"
+        )
+    if version := re.search(r"storage version number (\d+), but we can only read (.*?)\.", message):
+        return (
+            f"was written by a DuckDB this saedex cannot read (storage version {version[1]}; "
+            f"it reads {version[2].removeprefix('storage versions ')}): open it with the "
+            f"saedex that wrote it, or index again into a new file"
+        )
+    if "checksum" in message or "Corrupt database" in message:
+        return f"is damaged (DuckDB found a checksum mismatch): {_REINDEX}"
+    if "not a valid DuckDB database" in message:
+        return "is not a DuckDB file: pass an index written by `saedex index`"
+    if "Could not read enough bytes" in message:
+        return f"is truncated (DuckDB read past its end): {_REINDEX}"
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return f"cannot be opened ({first}): is it an index written by `saedex index`?"
