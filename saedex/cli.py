@@ -36,6 +36,14 @@ def user_errors(fn):
         except SaedexError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except Exception as exc:  # a damaged index block, met by a query after the open
+            from saedex.store.opening import failure, is_duckdb_error
+
+            if not is_duckdb_error(exc):
+                raise
+            message = failure(kwargs.get("db"), exc)
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             console.print("interrupted: run the same command again to resume")
             sys.exit(130)

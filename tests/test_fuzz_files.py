@@ -224,3 +224,26 @@ def test_index_being_written_by_another_process(fresh: Path, commands):
         holder.wait(timeout=30)
     after = run(commands[0]["info"](fresh))  # free again once the writer is gone
     assert after.exit_code == 0 and after.output.startswith("sae\t"), after.output
+
+
+def test_flipped_bytes_in_every_block(api_db, tmp_path, monkeypatch):
+    """Damage DuckDB only meets at a query (a garbled data block, one block at a time): the
+    read commands still answer, or give one line and exit 2; they never write."""
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    db = tmp_path / "store" / "index.duckdb"
+    db.parent.mkdir()
+    clean = api_db.read_bytes()
+    block = 262144
+    refused = 0
+    for start in range(12288 + block // 2, len(clean), block):
+        data = bytearray(clean)
+        data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
+        db.write_bytes(data)
+        before = snapshot(db.parent)
+        for args in (["info", "--db", str(db)], ["serve", "--db", str(db), "--no-inference"]):
+            result = run(args)
+            if result.exit_code != 0:
+                assert "is damaged" in assert_refused(result, db)
+                refused += 1
+            assert snapshot(db.parent) == before
+    assert refused, "no block the commands read was damaged: the test tests nothing"

@@ -10,6 +10,7 @@ any query runs, so `info`, `serve` and `index` fail at the door instead of with 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import duckdb
@@ -45,6 +46,18 @@ def connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 return con
             con.close()
     raise SaedexError(f"{path}: {problem}")
+
+
+def failure(path: str | Path | None, error: Exception) -> str:
+    """A DuckDB error raised after the open (a damaged block met by a query) as one line
+    naming the file, for commands that report it and exit."""
+    return f"{path or 'the index'}: {_explain(str(error))}"
+
+
+def is_duckdb_error(error: BaseException) -> bool:
+    """Without importing duckdb (the CLI stays quick to start for commands that never use it)."""
+    duckdb_module = sys.modules.get("duckdb")
+    return duckdb_module is not None and isinstance(error, duckdb_module.Error)
 
 
 def _file_problem(path: Path, read_only: bool) -> str | None:
