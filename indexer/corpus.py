@@ -77,33 +77,16 @@ def _read_file(path: Path, stats: CorpusStats, split: str | None, doc_prefix: st
         if not isinstance(text, str) or not text.strip():
             stats.skip("empty")
             continue
-        doc = Document(
+        if not _storable(row):
+            stats.skip("undecodable")
+            continue
+        stats.documents += 1
+        yield Document(
             doc_id=str(row.get("id") or row.get("doc_id") or f"{doc_prefix}#{i}"),
             source=str(row.get("source") or doc_prefix),
             text=text,
             licence=_licence(row),
         )
-        if not _storable(doc):
-            stats.skip("undecodable")
-            continue
-        stats.documents += 1
-        yield doc
-
-
-def _licence(row: dict) -> str | None:
-    licence = row.get("licence") or row.get("license")
-    return licence if isinstance(licence, str) else None
-
-
-def _storable(doc: Document) -> bool:
-    """False for strings UTF-8 cannot hold (a lone surrogate, which JSON's \\ud800 can
-    spell): neither the tokenizer nor the store would take them."""
-    try:
-        for value in (doc.doc_id, doc.source, doc.text, doc.licence or ""):
-            value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text_rows(path: Path, stats: CorpusStats, doc_id: str):
@@ -158,6 +141,23 @@ def _parquet_rows(path: Path):
 def _bad_parquet(path: Path, exc: Exception) -> SaedexError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return SaedexError(f"corpus file is not valid Parquet: {path} ({reason})")
+
+
+def _storable(row: dict) -> bool:
+    """False when a string the document keeps cannot be UTF-8 (a lone surrogate, which
+    JSON's \\ud800 can spell): neither the tokenizer nor the store would take it."""
+    try:
+        for key in ("text", "id", "doc_id", "source", "licence", "license"):
+            if isinstance(value := row.get(key), str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _licence(row: dict) -> str | None:
+    licence = row.get("licence") or row.get("license")
+    return licence if isinstance(licence, str) else None
 
 
 @dataclass(frozen=True)

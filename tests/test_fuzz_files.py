@@ -194,6 +194,8 @@ def test_missing_file_and_directory(tmp_path, commands):
     assert "not found" in line
     assert "not found" in assert_refused(run(argv["serve"](tmp_path / "nowhere.duckdb")), tmp_path)
     assert not (tmp_path / "nowhere.duckdb").exists()
+    line = assert_refused(run(argv["index"](tmp_path / "no-folder" / "i.duckdb")), tmp_path)
+    assert "no-folder does not exist" in line and not (tmp_path / "no-folder").exists()
     for args in argv.values():
         assert "is a directory" in assert_refused(run(args(tmp_path)), tmp_path)
 

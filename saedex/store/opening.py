@@ -64,11 +64,11 @@ def _file_problem(path: Path, read_only: bool) -> str | None:
     """What is wrong with the file before DuckDB sees it (DuckDB's own messages for these are
     either misleading or multi-line)."""
     if not path.exists():
-        return (
-            "index file not found (check the path; `saedex index` creates one)"
-            if read_only
-            else None
-        )
+        if read_only:
+            return "index file not found (check the path; `saedex index` creates one)"
+        if not path.parent.is_dir():
+            return f"folder {path.parent} does not exist: create it, or pass another path"
+        return None
     if path.is_dir():
         return "is a directory, not an index file"
     size = path.stat().st_size
