@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import schemathesis
@@ -26,6 +27,7 @@ from schemathesis.engine import Status, events, from_schema
 from saedex.api.app import create_app
 from saedex.api.errors import INTERNAL
 from saedex.config import ServeConfig
+from saedex.store import IndexReader
 from tests.conftest import API_SAE as SAE
 
 EXAMPLES = int(os.environ.get("SAEDEX_FUZZ_EXAMPLES", "30"))
@@ -59,8 +61,13 @@ def no_internal_error(ctx, response, case) -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(reader, engine):
-    return create_app(reader, ServeConfig(), engine)
+def fuzz_app(api_db, engine, tmp_path_factory):
+    """The app over a private copy of the test index: fuzzed mutations (explanations, edits)
+    write beside it, never beside the index other tests read."""
+    db = tmp_path_factory.mktemp("fuzz") / api_db.name
+    shutil.copy(api_db, db)
+    with IndexReader(db) as reader:
+        yield create_app(reader, ServeConfig(), engine)
 
 
 def configure(schema, *excluded: str):
