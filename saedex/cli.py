@@ -37,7 +37,7 @@ def user_errors(fn):
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except Exception as exc:  # a damaged index block, met by a query after the open
-            from saedex.store.opening import failure, is_duckdb_error
+            from saedex.store.connection import failure, is_duckdb_error
 
             if not is_duckdb_error(exc):
                 raise

@@ -1,4 +1,4 @@
-"""Opening an index file, hardened: every way a file can be wrong is one SaedexError line that
+"""Opening DuckDB files, hardened: every way a file can be wrong is one SaedexError line that
 names the file and says what to do, and a refused open writes nothing.
 
 DuckDB reports a damaged file in several shapes, some only at the first query that reads a
@@ -24,11 +24,12 @@ _MAGIC = b"DUCK"
 _MAGIC_AT = 8
 # Tables any saedex index has, whatever its layout (the store keeps these names readable).
 _INDEX_TABLES = {"meta", "saes"}
-
+_LOCK = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
+_VERSION = re.compile(r"storage version number (\d+), but we can only read (.*?)\.")
 _REINDEX = "restore it from a backup, or index again into a new file"
 
 
-def connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def open_db(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the index at `path`; read-write creates it when missing."""
     path = Path(path)
     problem = _file_problem(path, read_only)
@@ -45,13 +46,13 @@ def connect(path: str | Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             if problem is None:
                 return con
             con.close()
-    raise SaedexError(f"{path}: {problem}")
+    raise SaedexError(f"{path} {problem}")
 
 
 def failure(path: str | Path | None, error: Exception) -> str:
     """A DuckDB error raised after the open (a damaged block met by a query) as one line
     naming the file, for commands that report it and exit."""
-    return f"{path or 'the index'}: {_explain(str(error))}"
+    return f"{path or 'the index'} {_explain(str(error))}"
 
 
 def is_duckdb_error(error: BaseException) -> bool:
@@ -65,9 +66,9 @@ def _file_problem(path: Path, read_only: bool) -> str | None:
     either misleading or multi-line)."""
     if not path.exists():
         if read_only:
-            return "index file not found (check the path; `saedex index` creates one)"
+            return "not found: check the path (`saedex index` creates an index)"
         if not path.parent.is_dir():
-            return f"folder {path.parent} does not exist: create it, or pass another path"
+            return f"cannot be created: folder {path.parent} does not exist (create it first)"
         return None
     if path.is_dir():
         return "is a directory, not an index file"
@@ -103,16 +104,17 @@ def _opened_problem(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
 
 def _explain(message: str) -> str:
     """DuckDB's error as one line that says what to do."""
-    if lock := re.search(r"Conflicting lock is held in (.*?) \(PID (\d+)\)", message):
+    if held := _LOCK.search(message):
+        pid = int(held.group(2))
         return (
-            f"is in use by another process (PID {lock[2]}, {Path(lock[1]).name}), e.g. an "
-            "indexing run: wait for it to finish or stop it, then try again"
+            f"is in use by another process (PID {pid}: {_command(pid, held.group(1))}): wait "
+            "for it to finish or stop it, then try again (or use another file)"
         )
-    if version := re.search(r"storage version number (\d+), but we can only read (.*?)\.", message):
+    if version := _VERSION.search(message):
         return (
             f"was written by a DuckDB this saedex cannot read (storage version {version[1]}; "
             f"it reads {version[2].removeprefix('storage versions ')}): open it with the "
-            f"saedex that wrote it, or index again into a new file"
+            "saedex that wrote it, or index again into a new file"
         )
     if "checksum" in message or "Corrupt database" in message:
         return f"is damaged (DuckDB found a checksum mismatch): {_REINDEX}"
@@ -122,3 +124,13 @@ def _explain(message: str) -> str:
         return f"is truncated (DuckDB read past its end): {_REINDEX}"
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     return f"cannot be opened ({first}): is it an index written by `saedex index`?"
+
+
+def _command(pid: int, program: str) -> str:
+    """The holder's command line (e.g. `saedex serve --db ...`), or its program if unknown."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return program
+    words = " ".join(w.decode(errors="replace") for w in raw.split(b"\0")).split()
+    return " ".join(words)[:200] or program  # one line, however the command was written
