@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -179,3 +183,30 @@ def engine():
     from saedex.api.inference import InferenceEngine
 
     return InferenceEngine("cpu")
+
+
+# -- another process holding an index, as `saedex index` does while it writes ------------------
+
+_HOLD = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def held_by_another_process(db: Path) -> Iterator[int]:
+    """A second process holding `db` read-write until the block ends; yields its PID."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -12,9 +12,6 @@ import hashlib
 import random
 import shutil
 import struct
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from saedex.cli import app
+from tests.conftest import held_by_another_process
 
 
 @dataclass(frozen=True)
@@ -164,15 +162,20 @@ def test_damaged_file(kind: Kind, damage: str, fresh: Path, commands):
         assert snapshot(fresh.parent) == before, f"{command} changed a file ({damage} {kind.name})"
 
 
+def refused_by_all(db: Path, commands, expect: str) -> None:
+    """Every command refuses `db` in one line saying `expect`, and changes no file."""
+    before = snapshot(db.parent)
+    for args in commands[0].values():
+        line = assert_refused(run(args(db)), db)
+        assert expect in line, line
+        assert snapshot(db.parent) == before
+
+
 def test_newer_saedex_schema(fresh: Path, commands):
     con = duckdb.connect(str(fresh))
     con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
-    before = snapshot(fresh.parent)
-    for args in commands[0].values():
-        line = assert_refused(run(args(fresh)), fresh)
-        assert "schema version 99" in line
-        assert snapshot(fresh.parent) == before
+    refused_by_all(fresh, commands, "schema version 99")
 
 
 def test_duckdb_file_that_is_not_an_index(tmp_path, commands):
@@ -181,11 +184,7 @@ def test_duckdb_file_that_is_not_an_index(tmp_path, commands):
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE notes AS SELECT 'mine' AS note")
     con.close()
-    before = snapshot(db.parent)
-    for args in commands[0].values():
-        line = assert_refused(run(args(db)), db)
-        assert "not a saedex index" in line
-        assert snapshot(db.parent) == before
+    refused_by_all(db, commands, "not a saedex index")
 
 
 def test_missing_file_and_directory(tmp_path, commands):
@@ -200,34 +199,9 @@ def test_missing_file_and_directory(tmp_path, commands):
         assert "is a directory" in assert_refused(run(args(tmp_path)), tmp_path)
 
 
-HOLDER = textwrap.dedent(
-    """
-    import sys, time, duckdb
-    con = duckdb.connect(sys.argv[1])  # what `saedex index` holds while it writes
-    print("holding", flush=True)
-    sys.stdin.read()  # until the test closes our stdin
-    """
-)
-
-
 def test_index_being_written_by_another_process(fresh: Path, commands):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(fresh)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        before = snapshot(fresh.parent)
-        for args in commands[0].values():
-            line = assert_refused(run(args(fresh)), fresh)
-            assert f"in use by another process (PID {holder.pid}" in line, line
-            assert "wait for it to finish" in line
-            assert snapshot(fresh.parent) == before
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
+    with held_by_another_process(fresh) as pid:
+        refused_by_all(fresh, commands, f"in use by another process (PID {pid}")
     after = run(commands[0]["info"](fresh))  # free again once the writer is gone
     assert after.exit_code == 0 and after.output.startswith("sae\t"), after.output
 
