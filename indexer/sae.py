@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +207,9 @@ def _count(value: object, name: str, where: Path | str) -> int:
     except (TypeError, ValueError, OverflowError):
         number, exact = None, False
     if number is None or not exact or number <= 0:
-        raise SaedexError(f"SAE config needs a positive integer {name}, got {value!r}, in {where}")
+        raise SaedexError(
+            f"SAE config needs a positive integer {name}, got {reprlib.repr(value)}, in {where}"
+        )
     return number
 
 
