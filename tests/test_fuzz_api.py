@@ -100,21 +100,8 @@ def failures(schema) -> list[str]:
     return sorted(set(found))
 
 
-# Failures issue 21 item 4 names, fixed on another branch: each is a marker in the failure's
-# text and why. Found alone, they make the test xfail; any other failure fails it.
-KNOWN = {
-    "without required `Allow` header": "405 without an Allow header (issue 21)",
-    "Received: 400\n": "a 400 the document does not declare (issue 21)",
-    "positive_data_acceptance": "schema-valid input (float topK, index > 2^31) rejected (issue 21)",
-}
-
-
 def report(found: list[str]) -> None:
-    unknown = [f for f in found if not any(marker in f for marker in KNOWN)]
-    assert not unknown, f"{len(unknown)} failures (seed {SEED}):\n" + "\n".join(unknown)
-    if found:
-        reasons = sorted({why for marker, why in KNOWN.items() if any(marker in f for f in found)})
-        pytest.xfail("known: " + "; ".join(reasons))
+    assert not found, f"{len(found)} failures (seed {SEED}):\n" + "\n".join(found)
 
 
 def test_rest_mirror_conforms_to_its_openapi_document(fuzz_app):
