@@ -7,6 +7,7 @@ engine. Nothing is module-global, so tests can run several apps side by side.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -98,11 +99,19 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "Internal server error.", "code": INTERNAL}, status_code=500)
 
 
-def serve(db: Path, config: ServeConfig, threads: int | None = None) -> None:
-    """Open the index read-only and serve it with uvicorn until interrupted."""
+def serve(
+    db: Path,
+    config: ServeConfig,
+    threads: int | None = None,
+    ready: Callable[[str], object] | None = None,
+) -> None:
+    """Open the index read-only and serve it with uvicorn until interrupted. `ready` hears
+    where, once the index opened (a file that cannot be opened is one error, no banner)."""
     import uvicorn
 
     configure_access_log()
     with IndexReader(db) as reader:
         app = create_app(reader, config, InferenceEngine(config.device, threads=threads))
+        if ready is not None:
+            ready(f"serving {db} on http://{config.host}:{config.port}/graphql (REST: /api/)")
         uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")

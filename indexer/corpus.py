@@ -77,12 +77,15 @@ def _read_file(path: Path, stats: CorpusStats, split: str | None, doc_prefix: st
         if not isinstance(text, str) or not text.strip():
             stats.skip("empty")
             continue
+        if not _storable(row):
+            stats.skip("undecodable")
+            continue
         stats.documents += 1
         yield Document(
             doc_id=_doc_id(row, f"{doc_prefix}#{i}"),
             source=str(row.get("source") or doc_prefix),
             text=text,
-            licence=row.get("licence") or row.get("license"),
+            licence=_licence(row),
         )
 
 
@@ -114,7 +117,7 @@ def _jsonl_rows(path: Path, stats: CorpusStats):
                 continue
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 stats.skip("undecodable")
                 continue
             if not isinstance(row, dict):
@@ -131,11 +134,40 @@ def _parquet_rows(path: Path):
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise SaedexError(f"corpus file is not valid Parquet: {path} ({exc})") from exc
+        raise _bad_parquet(path, exc) from exc
     if "text" not in pf.schema_arrow.names:
         raise SaedexError(f"Parquet corpus has no 'text' column: {path}")
-    for batch in pf.iter_batches(batch_size=256):
+    batches = pf.iter_batches(batch_size=256)
+    while True:
+        try:  # a damaged page shows only when its batch is read
+            batch = next(batches, None)
+        except Exception as exc:
+            raise _bad_parquet(path, exc) from exc
+        if batch is None:
+            return
         yield from batch.to_pylist()
+
+
+def _bad_parquet(path: Path, exc: Exception) -> SaedexError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SaedexError(f"corpus file is not valid Parquet: {path} ({reason})")
+
+
+def _storable(row: dict) -> bool:
+    """False when a string the document keeps cannot be UTF-8 (a lone surrogate, which
+    JSON's \\ud800 can spell): neither the tokenizer nor the store would take it."""
+    try:
+        for key in ("text", "id", "doc_id", "source", "licence", "license"):
+            if isinstance(value := row.get(key), str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _licence(row: dict) -> str | None:
+    licence = row.get("licence") or row.get("license")
+    return licence if isinstance(licence, str) else None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,14 @@ def user_errors(fn):
         except SaedexError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except Exception as exc:  # a damaged index block, met by a query after the open
+            from saedex.store.connection import failure, is_duckdb_error
+
+            if not is_duckdb_error(exc):
+                raise
+            message = failure(kwargs.get("db"), exc)
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             console.print("interrupted: run the same command again to resume")
             sys.exit(130)
@@ -173,8 +181,7 @@ def serve(
     """Serve an index: GraphQL (GraphiQL) at /graphql, REST under /api/ (see docs/api.md)."""
     from saedex.api.app import serve as run_server
 
-    console.print(f"serving {db} on http://{config.host}:{config.port}/graphql (REST: /api/)")
-    run_server(db, config, threads)
+    run_server(db, config, threads, ready=console.print)
 
 
 # -- export-site (saedex.site) --

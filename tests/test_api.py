@@ -19,39 +19,16 @@ import pytest
 from starlette.testclient import TestClient
 
 from saedex.api.app import create_app
-from saedex.api.inference import InferenceEngine
 from saedex.config import IndexConfig, ServeConfig
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
+from tests.conftest import API_SAE as SAE
 from tests.conftest import build_tiny_sae
 
-SAE = "sae"
 EXAMPLE = "contextId documentId source tokens tokenIds activations maxActivation maxTokenIndex"
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def api_db(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
-    """An index whose contexts split documents and whose sink rule excludes some tokens."""
-    db = tmp_path_factory.mktemp("api") / "index.duckdb"
-    cfg = IndexConfig(context_size=48, batch_size=8, sink_norm_multiple=1.3)
-    run_index(
-        IndexJob(str(tiny_model), str(tiny_sae), str(tiny_corpus), db, SAE, config=cfg), False
-    )
-    return db
-
-
-@pytest.fixture(scope="session")
-def reader(api_db) -> IndexReader:
-    with IndexReader(api_db) as r:
-        yield r
-
-
-@pytest.fixture(scope="session")
-def engine() -> InferenceEngine:
-    return InferenceEngine("cpu")
 
 
 @pytest.fixture(scope="session")
