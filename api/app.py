@@ -54,7 +54,7 @@ def create_app(
     """The app over an open index. With `config.inference` and no engine given, one is made
     that loads each model lazily on its first live request."""
     if config.inference and inference is None:
-        inference = InferenceEngine(config.device)
+        inference = InferenceEngine(config.device, config=config)
     state = ApiState.load(reader, config, inference if config.inference else None)
     schema = build_schema(config)
     graphql = GraphQLApp(schema, state)
@@ -93,5 +93,6 @@ def serve(db: Path, config: ServeConfig, threads: int | None = None) -> None:
 
     configure_access_log()
     with IndexReader(db) as reader:
-        app = create_app(reader, config, InferenceEngine(config.device, threads=threads))
+        engine = InferenceEngine(config.device, threads=threads, config=config)
+        app = create_app(reader, config, engine)
         uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")

@@ -91,6 +91,19 @@ class ServeConfig:
     device: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
+    # -- live inference: batching and steering (owner: inference) --
+    batch_window_ms: float = field(
+        default=5.0,
+        metadata={
+            "help": "How long a lone live request waits for others to share its forward pass "
+            "(ms); requests arriving while a forward runs are batched without waiting."
+        },
+    )
+    batch_max_contexts: int = field(
+        default=32,
+        metadata={"help": "Most contexts one batched activeFeatures forward pass runs."},
+    )
+
 
 @dataclass(frozen=True)
 class SiteConfig:
