@@ -142,6 +142,22 @@ class InferenceEngine:
         async with self.model_lock:
             return await anyio.to_thread.run_sync(fn, *args)
 
+    async def steer(self, info: SaeInfo, req, max_prompt_tokens: int, max_activations: dict):
+        """Default and steered completions; each generated token is its own model call, so
+        activeFeatures batches queued meanwhile run between steps instead of waiting."""
+        from saedex.api import live
+
+        gen = await self.run_model(live.start_steering, self.models, info, req, max_prompt_tokens)
+        while await self.run_model(gen.step):
+            pass
+        return await self.run_model(live.steering_result, self.models, info, gen, max_activations)
+
+    async def ablation(self, info: SaeInfo, example, feature: int, k: int):
+        """A feature ablated on one of its stored examples (see saedex.steering.Ablation)."""
+        from saedex.api import live
+
+        return await self.run_model(live.ablation, self.models, info, example, feature, k)
+
     async def _drain(self) -> None:
         while self._jobs:
             if len(self._jobs) == 1 and self.window_s > 0:

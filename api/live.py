@@ -132,3 +132,87 @@ def _flat(starts: np.ndarray, table, first: int) -> np.ndarray:
     """Text-token positions of (context_id, position) rows."""
     ctx = table.column("context_id").to_numpy() - first
     return (starts[ctx] + table.column("position").to_numpy()).astype(np.int64)
+
+
+# -- steering and ablation (saedex.indexer.steering on the shared models) --------------------
+
+
+def start_steering(models: LiveModels, info: SaeInfo, req, max_prompt_tokens: int):
+    """A PairGeneration for the request, the prompt checked against its token limit."""
+    from saedex.indexer.steering import PairGeneration, prompt_ids
+
+    model, sae = models.load(info)
+    cfg = run_config(info)
+    try:
+        ids = prompt_ids(model, req.prompt, cfg.prepend_bos, req.chat_template)
+    except SaedexError as exc:
+        raise BadInput(str(exc)) from exc
+    if len(ids) > max_prompt_tokens:
+        raise BadInput(f"prompt has {len(ids)} tokens; the limit is {max_prompt_tokens}")
+    return PairGeneration(model, sae, ids, req, cfg.sink_norm_multiple)
+
+
+def steering_result(models: LiveModels, info: SaeInfo, gen, max_activations: dict):
+    """The Steering record of a finished generation (one more forward for the shifts)."""
+    from saedex.steering import Completion, SteeredFeature, Steering, Step
+
+    model, sae = models.load(info)
+    decode = model.tokenizer.decode
+    req = gen.req
+
+    def completion(row: int, shifts) -> Completion:
+        ids, logprobs = gen.completion(row)
+        steps = [
+            Step(decode([t]), t, lp, *(shifts[i] if shifts else ([], [])))
+            for i, (t, lp) in enumerate(zip(ids, logprobs, strict=True))
+        ]
+        return Completion(decode(ids, skip_special_tokens=False), steps)
+
+    norms = sae.W_dec.detach().norm(dim=-1)
+    features = [
+        SteeredFeature(
+            e.index, e.strength, e.value, float(norms[e.index]), max_activations.get(e.index)
+        )
+        for e in req.features
+    ]
+    return Steering(
+        info.id,
+        req.mode,
+        req.prompt,
+        [decode([t]) for t in gen.prompt],
+        features,
+        completion(0, None),
+        completion(1, gen.shifts(req.n_shifts)),
+        req.temperature,
+        req.seed,
+    )
+
+
+def ablation(models: LiveModels, info: SaeInfo, example, feature: int, k: int):
+    """The Ablation record of `feature` on one stored example."""
+    from saedex.indexer.steering import ablation_effect
+    from saedex.steering import Ablation
+
+    model, sae = models.load(info)
+    cfg = run_config(info)
+    change, raised, lowered = ablation_effect(
+        model,
+        sae,
+        list(example.token_ids),
+        feature,
+        example.max_token_index,
+        cfg.sink_norm_multiple,
+        k,
+    )
+    return Ablation(
+        info.id,
+        feature,
+        example.context_id,
+        list(example.tokens),
+        list(example.token_ids),
+        list(example.activations),
+        example.max_token_index,
+        change,
+        raised,
+        lowered,
+    )

@@ -51,6 +51,32 @@ query ($sae: ID!, $text: String!, $topK: Int!) {
 """
 
 
+STEER_QUERY = """
+query ($sae: ID!, $prompt: String!, $features: [SteerFeatureInput!]!, $mode: SteerMode!,
+       $nTokens: Int!, $temperature: Float!, $seed: Int!, $chatTemplate: Boolean!,
+       $nShifts: Int!) {
+  steer(sae: $sae, prompt: $prompt, features: $features, mode: $mode, nTokens: $nTokens,
+        temperature: $temperature, seed: $seed, chatTemplate: $chatTemplate,
+        nShifts: $nShifts) {
+    sae mode prompt promptTokens temperature seed
+    features { index strength value decoderNorm maxActivation }
+    default { text steps { token tokenId logprob } }
+    steered { text steps { token tokenId logprob
+      raised { token tokenId delta probability } lowered { token tokenId delta probability } } }
+  }
+}
+"""
+
+STEER_DEFAULTS = {
+    "mode": "ADD",
+    "nTokens": 32,
+    "temperature": 0.0,
+    "seed": 0,
+    "chatTemplate": False,
+    "nShifts": 5,
+}
+
+
 def error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
 
@@ -67,6 +93,7 @@ class RestApi:
             Route("/api/saes", self.saes, methods=["GET"]),
             Route("/api/features/{sae}/{index}", self.feature, methods=["GET"]),
             Route("/api/active-features", self.active_features, methods=["POST"]),
+            Route("/api/steer", self.steer, methods=["POST"]),
             Route("/api/openapi.json", self.openapi, methods=["GET"]),
         ]
 
@@ -103,6 +130,22 @@ class RestApi:
             return error(422, problem, "BAD_USER_INPUT")
         variables = {"sae": body["sae"], "text": body["text"], "topK": body.get("topK", 10)}
         return await self.run(ACTIVE_QUERY, "activeFeatures", variables)
+
+    async def steer(self, request: Request) -> Response:
+        """POST /api/steer: the body is the steer field's arguments (camelCase, `mode` as
+        ADD/CLAMP/ABLATE); GraphQL validates them, a bad one is a 400 with its message."""
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "the request body is not valid JSON", "BAD_REQUEST")
+        if not isinstance(body, dict):
+            return error(
+                422, "the body must be a JSON object {sae, prompt, features, ...}", "BAD_USER_INPUT"
+            )
+        unknown = set(body) - {"sae", "prompt", "features", *STEER_DEFAULTS}
+        if unknown:
+            return error(422, f"unknown fields: {', '.join(sorted(unknown))}", "BAD_USER_INPUT")
+        return await self.run(STEER_QUERY, "steer", {**STEER_DEFAULTS, **body})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -103,6 +103,15 @@ class ServeConfig:
         default=32,
         metadata={"help": "Most contexts one batched activeFeatures forward pass runs."},
     )
+    max_steer_prompt_tokens: int = field(
+        default=256, metadata={"help": "Longest prompt (in tokens) steer accepts."}
+    )
+    max_steer_new_tokens: int = field(
+        default=64, metadata={"help": "Most tokens steer generates per side."}
+    )
+    max_steer_features: int = field(
+        default=20, metadata={"help": "Most features one steer request may edit."}
+    )
 
 
 @dataclass(frozen=True)
