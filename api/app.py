@@ -54,7 +54,7 @@ def create_app(
     """The app over an open index. With `config.inference` and no engine given, one is made
     that loads each model lazily on its first live request."""
     if config.inference and inference is None:
-        inference = InferenceEngine(config.device, config=config)
+        inference = InferenceEngine(config.device, config=config, process=config.inference_process)
     state = ApiState.load(reader, config, inference if config.inference else None)
     schema = build_schema(config)
     graphql = GraphQLApp(schema, state)
@@ -93,6 +93,11 @@ def serve(db: Path, config: ServeConfig, threads: int | None = None) -> None:
 
     configure_access_log()
     with IndexReader(db) as reader:
-        engine = InferenceEngine(config.device, threads=threads, config=config)
+        engine = InferenceEngine(
+            config.device, threads=threads, config=config, process=config.inference_process
+        )
         app = create_app(reader, config, engine)
-        uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")
+        try:
+            uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")
+        finally:
+            engine.close()

@@ -2,7 +2,10 @@
 
 This module is torch-free: its records and the request path import nothing heavy, and the model
 side (`api.live`) is imported on the first live request. So `serve --no-inference` and the site
-exporter never load torch or transformers.
+exporter never load torch or transformers. A server runs the model side in a worker process
+(`ServeConfig.inference_process`): a forward pass through TransformerLens is thousands of small
+Python-level ops, and in the server's process each one waits for the GIL that the event loop
+holds while it serves index queries, which made live requests many times slower under load.
 
 Concurrent `activeFeatures` requests are batched dynamically: a request joins a queue; one
 drainer takes what has queued (waiting `batch_window_ms` when it finds the queue had only one,
@@ -18,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 import numpy as np
 
+from saedex.api.errors import Unavailable
 from saedex.config import IndexConfig, ServeConfig
 from saedex.data import SaeInfo
 
@@ -100,13 +106,18 @@ class InferenceEngine:
         dtype: str | None = None,
         threads: int | None = None,
         config: ServeConfig | None = None,
+        process: bool = False,
     ):
+        """`process`: run the models in a worker process (what a server does) instead of a
+        worker thread of this one (notebooks, tests)."""
         config = config or ServeConfig()
         self.device = device
         self.dtype = dtype
         self.threads = threads
         self.window_s = config.batch_window_ms / 1000
         self.max_contexts = config.batch_max_contexts
+        self.process = process
+        self._pool: ProcessPoolExecutor | None = None
         self._models: LiveModels | None = None
         self._jobs: list[_Job] = []
         self._drainer: asyncio.Task | None = None
@@ -137,26 +148,51 @@ class InferenceEngine:
             self._drainer = asyncio.create_task(self._drain())
         return await future
 
-    async def run_model(self, fn: Callable[..., T], *args: Any) -> T:
-        """One model call in a worker thread, in turn with every other model call."""
+    async def run_model(self, name: str, *args: Any) -> Any:
+        """`api.live.<name>(models, *args)`, in turn with every other model call."""
         async with self.model_lock:
-            return await anyio.to_thread.run_sync(fn, *args)
+            if not self.process:
+                from saedex.api import live
+
+                return await anyio.to_thread.run_sync(getattr(live, name), self.models, *args)
+            try:
+                return await asyncio.wrap_future(self._worker().submit(_in_worker, name, args))
+            except BrokenProcessPool as exc:
+                self._pool = None
+                raise Unavailable(
+                    "the live model process died; the next request restarts it"
+                ) from exc
+
+    def _worker(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.device, self.dtype, self.threads),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the model worker process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     async def steer(self, info: SaeInfo, req, max_prompt_tokens: int, max_activations: dict):
         """Default and steered completions; each generated token is its own model call, so
         activeFeatures batches queued meanwhile run between steps instead of waiting."""
-        from saedex.api import live
-
-        gen = await self.run_model(live.start_steering, self.models, info, req, max_prompt_tokens)
-        while await self.run_model(gen.step):
-            pass
-        return await self.run_model(live.steering_result, self.models, info, gen, max_activations)
+        key = await self.run_model("steer_start", info, req, max_prompt_tokens)
+        try:
+            while await self.run_model("steer_step", key):
+                pass
+            return await self.run_model("steer_result", info, key, max_activations)
+        finally:
+            await self.run_model("steer_drop", key)
 
     async def ablation(self, info: SaeInfo, example, feature: int, k: int):
         """A feature ablated on one of its stored examples (see saedex.steering.Ablation)."""
-        from saedex.api import live
-
-        return await self.run_model(live.ablation, self.models, info, example, feature, k)
+        return await self.run_model("ablation", info, example, feature, k)
 
     async def _drain(self) -> None:
         while self._jobs:
@@ -165,7 +201,7 @@ class InferenceEngine:
             jobs = self._take()
             texts = [j.text for j in jobs]
             try:
-                results = await self.run_model(self.models.encode_many, jobs[0].info, texts)
+                results = await self.run_model("encode_many", jobs[0].info, texts)
             except Exception as exc:  # noqa: BLE001 (a load error fails every job of the batch)
                 results = [exc] * len(jobs)
             self.batch_sizes.append(len(jobs))
@@ -190,6 +226,18 @@ class InferenceEngine:
             budget -= job.n_contexts
         self._jobs = [j for j in self._jobs if j not in taken]
         return taken
+
+
+def _init_worker(device: str | None, dtype: str | None, threads: int | None) -> None:
+    from saedex.api import live
+
+    live.init_worker(device, dtype, threads)
+
+
+def _in_worker(name: str, args: tuple) -> Any:
+    from saedex.api import live
+
+    return live.in_worker(name, args)
 
 
 def _contexts_estimate(info: SaeInfo, text: str) -> int:

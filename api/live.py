@@ -14,6 +14,7 @@ it gets alone.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -134,11 +135,31 @@ def _flat(starts: np.ndarray, table, first: int) -> np.ndarray:
     return (starts[ctx] + table.column("position").to_numpy()).astype(np.int64)
 
 
-# -- steering and ablation (saedex.indexer.steering on the shared models) --------------------
+# -- the calls the engine makes (by name, in this process or in the model worker) ------------
+
+_WORKER: LiveModels | None = None
+_GENERATIONS: dict[int, object] = {}
+_IDS = itertools.count()
 
 
-def start_steering(models: LiveModels, info: SaeInfo, req, max_prompt_tokens: int):
-    """A PairGeneration for the request, the prompt checked against its token limit."""
+def init_worker(device: str | None, dtype: str | None, threads: int | None) -> None:
+    """In the model worker process: the models it will load on first use."""
+    global _WORKER
+    _WORKER = LiveModels(device, dtype, threads)
+
+
+def in_worker(name: str, args: tuple):
+    """Run `name(models, *args)` on the worker process's models."""
+    assert _WORKER is not None, "init_worker was not called"
+    return globals()[name](_WORKER, *args)
+
+
+def encode_many(models: LiveModels, info: SaeInfo, texts: list[str]):
+    return models.encode_many(info, texts)
+
+
+def steer_start(models: LiveModels, info: SaeInfo, req, max_prompt_tokens: int) -> int:
+    """Start a PairGeneration (the prompt checked against its token limit); its id."""
     from saedex.indexer.steering import PairGeneration, prompt_ids
 
     model, sae = models.load(info)
@@ -149,13 +170,24 @@ def start_steering(models: LiveModels, info: SaeInfo, req, max_prompt_tokens: in
         raise BadInput(str(exc)) from exc
     if len(ids) > max_prompt_tokens:
         raise BadInput(f"prompt has {len(ids)} tokens; the limit is {max_prompt_tokens}")
-    return PairGeneration(model, sae, ids, req, cfg.sink_norm_multiple)
+    key = next(_IDS)
+    _GENERATIONS[key] = PairGeneration(model, sae, ids, req, cfg.sink_norm_multiple)
+    return key
 
 
-def steering_result(models: LiveModels, info: SaeInfo, gen, max_activations: dict):
+def steer_step(models: LiveModels, key: int) -> bool:
+    return _GENERATIONS[key].step()
+
+
+def steer_drop(models: LiveModels, key: int) -> None:
+    _GENERATIONS.pop(key, None)
+
+
+def steer_result(models: LiveModels, info: SaeInfo, key: int, max_activations: dict):
     """The Steering record of a finished generation (one more forward for the shifts)."""
     from saedex.steering import Completion, SteeredFeature, Steering, Step
 
+    gen = _GENERATIONS.pop(key)
     model, sae = models.load(info)
     decode = model.tokenizer.decode
     req = gen.req

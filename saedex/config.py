@@ -92,6 +92,13 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     # -- live inference: batching and steering (owner: inference) --
+    inference_process: bool = field(
+        default=True,
+        metadata={
+            "help": "Run live models in a worker process, so the server's Python work never "
+            "holds the GIL that every op of a forward pass waits for."
+        },
+    )
     batch_window_ms: float = field(
         default=5.0,
         metadata={

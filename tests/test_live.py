@@ -149,3 +149,23 @@ def test_serve_without_inference_never_imports_torch(live_db):
 
 def test_export_site_never_imports_torch(live_db, tmp_path):
     assert heavy_modules(EXPORT_SITE, str(live_db), str(tmp_path / "site")) == []
+
+
+def test_worker_process_gives_the_same_results(info):
+    """The server's path: the models in a spawned worker process, batched as in a thread."""
+    items = texts(6, seed=3)
+    in_thread = InferenceEngine("cpu")
+    in_process = InferenceEngine("cpu", config=ServeConfig(batch_window_ms=50), process=True)
+
+    async def run(engine) -> list[Encoded]:
+        return await asyncio.gather(*(engine.encode(info, t) for t in items))
+
+    try:
+        got = asyncio.run(run(in_process))
+    finally:
+        in_process.close()
+    want = asyncio.run(run(in_thread))
+    assert max(in_process.batch_sizes) > 1
+    for g, w in zip(got, want, strict=True):
+        assert g.token_ids == w.token_ids and as_dict(g).keys() == as_dict(w).keys()
+        assert list(as_dict(g).values()) == pytest.approx(list(as_dict(w).values()), abs=1e-4)
