@@ -222,11 +222,25 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise RuntimeError("saedex serve did not start")
 
 
-def requests(sae_id: str, features: list[int], texts: list[str], share: float, seed: int):
+STEER_QUERY = """query ($sae: ID!, $prompt: String!, $index: Int!) {
+  steer(sae: $sae, prompt: $prompt, features: [{index: $index, strength: 40}], nTokens: 32) {
+    default { text } steered { text steps { logprob } } } }"""
+
+
+def requests(sae_id: str, features: list[int], texts: list[str], args, seed: int):
     """An endless random mix of (kind, query, variables)."""
     rng = random.Random(seed)
+    share = args.live_share
     while True:
-        if rng.random() < share:
+        draw = rng.random()
+        if draw < args.steer_share:
+            variables = {
+                "sae": sae_id,
+                "prompt": rng.choice(texts)[:80],
+                "index": rng.choice(features),
+            }
+            yield "steer", STEER_QUERY, variables
+        elif draw < args.steer_share + share:
             yield "activeFeatures", ACTIVE_QUERY, {"sae": sae_id, "text": rng.choice(texts)}
         elif rng.random() < 0.5:
             yield "feature", FEATURE_QUERY, {"sae": sae_id, "index": rng.choice(features)}
@@ -256,7 +270,7 @@ async def load(reader: IndexReader, db: Path, sae_id: str, args) -> None:
             deadline = time.perf_counter() + args.duration
             results = await asyncio.gather(
                 *(
-                    worker(client, requests(sae_id, features, texts, args.live_share, w), deadline)
+                    worker(client, requests(sae_id, features, texts, args, w), deadline)
                     for w in range(args.concurrency)
                 )
             )
@@ -356,6 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live", type=int, default=20, help="activeFeatures runs (0: skip)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for live inference")
     p.add_argument("--live-share", type=float, default=0.05, help="activeFeatures share of load")
+    p.add_argument("--steer-share", type=float, default=0.0, help="steer share of load")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

@@ -385,6 +385,8 @@ def demo(
 
     cfg = demo_job.DemoConfig(workdir, max_tokens, host, port)
     info, site_dir = demo_job.prepare(cfg, console, progress=not quiet)
+    console.rule("steering: one feature turned up")
+    demo_job.steering_example(cfg.db, info, console)
     if serve:
         demo_job.serve(cfg, info, site_dir, console)
     else:
