@@ -148,6 +148,10 @@ class InferenceEngine:
             self._drainer = asyncio.create_task(self._drain())
         return await future
 
+    async def window(self, info: SaeInfo, token_ids: list[int]) -> Encoded:
+        """The SAE on one run of the model over `token_ids` (a joined document window)."""
+        return await self.run_model("encode_ids", info, token_ids)
+
     async def run_model(self, name: str, *args: Any) -> Any:
         """`api.live.<name>(models, *args)`, in turn with every other model call."""
         async with self.model_lock:

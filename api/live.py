@@ -30,6 +30,7 @@ from saedex.indexer.corpus import Context, Document, tokenize_contexts
 from saedex.indexer.indexing import encode_batch
 from saedex.indexer.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, LoadedModel, load_model
 from saedex.indexer.sae import SparseAutoencoder, load_sae
+from saedex.provenance import sae_changed
 from saedex.store.writer import Batch
 
 log = logging.getLogger("saedex.api.live")
@@ -96,12 +97,33 @@ class LiveModels:
             first += len(contexts)
         return out
 
+    @torch.inference_mode()
+    def encode_ids(self, info: SaeInfo, token_ids: list[int]) -> Encoded:
+        """Token ids as one context (BOS prepended as the run did, its sink rule applied)."""
+        model, sae = self.load(info)
+        cfg = run_config(info)
+        skip = 1 if cfg.prepend_bos else 0
+        ids = [model.bos_token_id, *token_ids] if skip else list(token_ids)
+        acts, excluded, _ = encode_batch(model, sae, Batch([0], [ids]), cfg)
+        flags = np.zeros(len(token_ids), dtype=bool)
+        flags[excluded.column("position").to_numpy().astype(np.int64) - skip] = True
+        return Encoded(
+            list(token_ids),
+            flags,
+            acts.column("position").to_numpy().astype(np.int64) - skip,
+            acts.column("feature").to_numpy(),
+            acts.column("value").to_numpy(),
+        )
+
 
 def load_live_sae(info: SaeInfo) -> SparseAutoencoder:
     """The one place the API loads an SAE for live use (checks belong here)."""
     path = Path(info.sae_path or "")
     if not path.is_dir():
         raise Unavailable(f"the SAE of {info.id!r} is not at {info.sae_path}; cannot run it live")
+    changed = sae_changed(path, info.sae_weights_sha256, info.sae_cfg_sha256)
+    if changed:  # other weights than the index's: live values would not match it
+        raise Unavailable(f"the SAE of {info.id!r} cannot run live: {changed}")
     try:
         return load_sae(path)
     except SaedexError as exc:
@@ -156,6 +178,10 @@ def in_worker(name: str, args: tuple):
 
 def encode_many(models: LiveModels, info: SaeInfo, texts: list[str]):
     return models.encode_many(info, texts)
+
+
+def encode_ids(models: LiveModels, info: SaeInfo, token_ids: list[int]):
+    return models.encode_ids(info, token_ids)
 
 
 def steer_start(models: LiveModels, info: SaeInfo, req, max_prompt_tokens: int) -> int:

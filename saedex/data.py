@@ -32,6 +32,14 @@ class SaeInfo:
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
+    # Provenance (NULL for runs indexed before saedex recorded it; see docs/schema.md).
+    model_fingerprint: str | None = None  # sha256 of the checkpoint (the default model's GGUF)
+    sae_weights_sha256: str | None = None  # of sae_weights.safetensors
+    sae_cfg_sha256: str | None = None  # of cfg.json
+    corpus_fingerprint: str | None = None  # sha256 of the corpus file, or over a directory's
+    saedex_version: str | None = None
+    dtype: str | None = None  # the model's dtype in the run
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,44 @@ class FeatureData:
     interval_samples: list[IntervalSample]
     neighbours: list[Neighbour]
     explanations: list[Explanation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WindowFeature:
+    """One feature's activation on every token of a document window (0 where it is silent
+    or where the token was left out)."""
+
+    sae_id: str
+    index: int
+    activations: list[float]
+
+
+@dataclass(frozen=True)
+class DocumentWindow:
+    """A stretch of one document's tokens, across the contexts the index cut it into.
+
+    Offsets count the document's own tokens (a prepended BOS is not one of them). `live`
+    says where the activations come from: False, as stored (computed context by context:
+    attention restarts at each `context_starts` offset); True, re-run on the joined window.
+    """
+
+    sae_id: str
+    document_id: str
+    source: str
+    focus: int  # the offset asked for (an example's max token, or the given offset)
+    start: int
+    token_ids: list[int]
+    tokens: list[str]
+    excluded: list[bool]  # per token: an attention sink the run left out
+    context_starts: list[int]  # offsets in the window where a context (or the live run) begins
+    document_tokens: int  # tokens the document has
+    indexed_tokens: int  # tokens of it the index holds (fewer when the run was cut short)
+    live: bool
+    features: list[WindowFeature]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.token_ids)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from saedex.data import (
+    DocumentWindow,
     Example,
     FeatureData,
     FeaturePage,
@@ -27,7 +28,9 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
-from saedex.store.schema import check_version
+from saedex.store import documents
+from saedex.store.connection import open_db
+from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -35,7 +38,8 @@ _SAE_COLUMNS = (
     "sae_id, model_name, hook_name, hook_layer, architecture, d_in, d_sae, sae_path, corpus, "
     "context_size, prepend_bos, n_documents, n_skipped_documents, n_contexts, n_tokens, "
     "n_excluded_tokens, coalesce(dead_features, 0), status, settings, started_at, finished_at, "
-    "duration_s"
+    "duration_s, model_fingerprint, sae_weights_sha256, sae_cfg_sha256, corpus_fingerprint, "
+    "saedex_version, dtype, device"
 )
 
 
@@ -46,15 +50,7 @@ class IndexReader:
         path = Path(path)
         if not path.exists():
             raise SaedexError(f"index file not found: {path}")
-        try:
-            self._con = duckdb.connect(str(path), read_only=True)
-        except duckdb.Error as exc:
-            raise SaedexError(f"cannot open index {path}: {exc}".splitlines()[0]) from exc
-        try:
-            check_version(self._con, path)
-        except SaedexError:
-            self._con.close()
-            raise
+        self._con = _open_current(path)
         self._vocab: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._model_names: dict[str, str] = {}
@@ -263,6 +259,47 @@ class IndexReader:
         summaries = self.summaries(sae_id, [r[0] for r in rows])
         return FeaturePage([summaries[r[0]] for r in rows], rows[0][1])
 
+    # -- document windows (saedex.store.documents) ----------------------------------------------
+
+    def document_window(
+        self,
+        sae_id: str,
+        features: list[int | tuple[str, int]],
+        *,
+        context_id: int | None = None,
+        position: int | None = None,
+        document_id: str | None = None,
+        offset: int = 0,
+        before: int = 64,
+        after: int = 64,
+    ) -> DocumentWindow:
+        """A document's stored tokens and activations around a point, across contexts.
+
+        The point is a context and a position in it (an example's `context_id` and
+        `max_token_index`), or a document id and an offset into its tokens (BOS not counted).
+        `features` are indices of this SAE, or (sae_id, index) pairs of SAEs indexed over the
+        same corpus.
+        """
+        pairs = [f if isinstance(f, tuple) else (sae_id, f) for f in features]
+        for owner, index in pairs:
+            self._check_feature(owner, index)
+        if context_id is not None:
+            center = documents.document_at_context(self._rows, sae_id, context_id, position or 0)
+        elif document_id is not None:
+            center = (documents.document_ref(self._rows, sae_id, document_id=document_id), offset)
+        else:
+            raise SaedexError("a document window needs a context id or a document id")
+        if before < 0 or after < 0:
+            raise SaedexError("before and after must not be negative")
+        return documents.window(self._rows, center, before, after, pairs, self._vocab_for)
+
+    def _check_feature(self, sae_id: str, index: int) -> None:
+        info = self.sae(sae_id)
+        if info is None:
+            raise SaedexError(f"unknown SAE: {sae_id!r}")
+        if not 0 <= index < info.d_sae:
+            raise SaedexError(f"no feature {index} in SAE {sae_id!r} (0..{info.d_sae - 1})")
+
     # -- contexts (saedex.api) -----------------------------------------------------------------
 
     context_cache_size = 65_536  # contexts kept in memory (token ids as int32: ~0.6 KB each)
@@ -367,6 +404,25 @@ class IndexReader:
             LIMIT $limit
         """
         return self._rows(sql, {"sae": sae_id, "q": query, "limit": limit})
+
+
+def _open_current(path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the file, upgraded first if an earlier saedex wrote it."""
+    con = open_db(path, read_only=True)
+    try:
+        version = check_version(con, path)
+    except SaedexError:
+        con.close()
+        raise
+    if version is None or version == SCHEMA_VERSION:
+        return con
+    con.close()
+    rw = open_db(path)
+    try:
+        ensure_schema(rw, path)
+    finally:
+        rw.close()
+    return open_db(path, read_only=True)
 
 
 def _sae(row: tuple) -> SaeInfo:
