@@ -334,11 +334,27 @@ async def live(reader: IndexReader, db: Path, sae_id: str, args) -> None:
         first = await graphql(c, ACTIVE_QUERY, variables)
         load_s = time.perf_counter() - started
         ms = [await timed(lambda: graphql(c, ACTIVE_QUERY, variables)) for _ in range(args.live)]
+        texts = [text_of(db, sae_id, reader, 64, offset) for offset in range(7, 15)]
+        burst = {}
+        for name, bound in (("one at a time", 1), ("batched", ServeConfig().batch_max_contexts)):
+            engine.max_contexts = bound  # 1: each forward runs one text, in arrival order
+            burst[name] = []
+            for _ in range(args.bursts):
+                burst[name] += await asyncio.gather(
+                    *(
+                        timed(lambda t=t: graphql(c, ACTIVE_QUERY, {"sae": sae_id, "text": t}))
+                        for t in texts
+                    )
+                )
     n = len(first["activeFeatures"]["tokens"])
     p50, p99 = percentiles(ms)
     print(f"\n3. activeFeatures, {n}-token text, CPU ({torch.get_num_threads()} threads)")
     print(f"   first call (loads model + SAE) {load_s:.1f} s")
-    print(f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({args.live} runs)")
+    print(f"   alone: p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({args.live} runs)")
+    print(f"   {len(texts)} at once, {args.bursts} bursts (per-request latency):")
+    for name, times in burst.items():
+        b50, b99 = percentiles(times)
+        print(f"     {name:14s} p50 {b50:8.1f} ms   p99 {b99:8.1f} ms")
 
 
 def pick_sae(reader: IndexReader, args: argparse.Namespace) -> str:
@@ -369,6 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8, help="concurrent load clients")
     p.add_argument("--live", type=int, default=20, help="activeFeatures runs (0: skip)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for live inference")
+    p.add_argument("--bursts", type=int, default=3, help="bursts of 8 concurrent live requests")
     p.add_argument("--live-share", type=float, default=0.05, help="activeFeatures share of load")
     p.add_argument("--steer-share", type=float, default=0.0, help="steer share of load")
     p.add_argument("--seed", type=int, default=0)
