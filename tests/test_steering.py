@@ -11,13 +11,13 @@ from starlette.testclient import TestClient
 
 from saedex.api.app import create_app
 from saedex.api.inference import InferenceEngine
-from saedex.config import IndexConfig, ServeConfig
-from saedex.indexer.indexing import IndexJob, run_index
+from saedex.config import ServeConfig
 from saedex.indexer.model import load_model
 from saedex.indexer.sae import load_sae
 from saedex.indexer.steering import Intervention, PairGeneration, ablation_effect, prompt_ids
 from saedex.steering import FeatureEdit, SteerRequest
 from saedex.store import IndexReader
+from tests.test_live import live_db  # noqa: F401 (a fixture)
 
 SAE = "sae"
 PROMPT = "the quick brown fox jumps over"
@@ -143,13 +143,8 @@ def test_ablation_effect(model, wide_topk):
 
 
 @pytest.fixture(scope="module")
-def steer_db(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
-    db = tmp_path_factory.mktemp("steer") / "index.duckdb"
-    cfg = IndexConfig(context_size=32, batch_size=8, max_documents=4)
-    run_index(
-        IndexJob(str(tiny_model), str(tiny_sae), str(tiny_corpus), db, SAE, config=cfg), False
-    )
-    return db
+def steer_db(live_db) -> Path:  # noqa: F811 (the imported fixture)
+    return live_db
 
 
 @pytest.fixture(scope="module")
