@@ -102,7 +102,7 @@ def pick_features(db: Path, sae_id: str, n: int) -> list[tuple[int, float, list[
     return out
 
 
-def steering_effect(model, sae, feature, max_act, top, n_tokens):
+def steering_effect(model, sae, feature, max_act, top, n_tokens, n_prompts=3):
     """Per strength: mean over prompts and steps of the log-prob gain of the top-5 promoted
     tokens (steered vs unsteered model, same steered prefix), and the share of generated
     tokens among the top 10."""
@@ -113,7 +113,7 @@ def steering_effect(model, sae, feature, max_act, top, n_tokens):
     top5 = torch.tensor(top[:5])
     for mult in STRENGTHS:
         gains, hits, total = [], 0, 0
-        for prompt in PROMPTS:
+        for prompt in PROMPTS[:n_prompts]:
             req = SteerRequest(prompt, (FeatureEdit(feature, mult * max_act),), "add", n_tokens)
             gen = PairGeneration(model, sae, prompt_ids(model, prompt, True, False), req, 4.0)
             while gen.step():
@@ -156,7 +156,7 @@ def measure(args) -> None:
         features = pick_features(args.db, sae_id, args.features)
         rows = []
         for feature, max_act, top in features:
-            effect = steering_effect(model, sae, feature, max_act, top, args.tokens)
+            effect = steering_effect(model, sae, feature, max_act, top, args.tokens, args.prompts)
             changes = ablation_effect_on_tops(model, sae, reader, sae_id, feature, args.examples)
             lowered = sum(c < 0 for c in changes) / max(len(changes), 1)
             med = statistics.median(changes) if changes else float("nan")
@@ -243,6 +243,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sae-id")
     p.add_argument("--features", type=int, default=20)
     p.add_argument("--tokens", type=int, default=16, help="tokens generated per prompt")
+    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="prompts used (of 3)")
     p.add_argument("--examples", type=int, default=10, help="top examples ablated per feature")
     p.add_argument("--out", type=Path, default=Path("docs/steering-effect.svg"))
     return p.parse_args(argv)

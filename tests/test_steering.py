@@ -269,3 +269,19 @@ def test_steer_without_inference_is_unavailable(steer_db):
         with TestClient(app) as c:
             r = c.post("/api/steer", json={"sae": SAE, "prompt": "x", "features": [{"index": 1}]})
     assert r.status_code == 503
+
+
+def test_cli_steer(steer_db):
+    from typer.testing import CliRunner
+
+    from saedex.cli import app
+
+    runner = CliRunner()
+    args = ["steer", "--db", str(steer_db), "--sae", SAE, "--prompt", "the quick brown fox"]
+    ok = runner.invoke(app, [*args, "--feature", "4:40", "--n-tokens", "6", "--device", "cpu"])
+    assert ok.exit_code == 0, ok.output
+    assert "default:" in ok.output and "steered:" in ok.output and "feature 4: add 40" in ok.output
+    bad = runner.invoke(app, [*args, "--feature", "99999:1"])
+    assert bad.exit_code == 2 and "unknown feature 99999" in bad.output
+    worse = runner.invoke(app, [*args, "--feature", "x:y"])
+    assert worse.exit_code == 2 and "INDEX:AMOUNT" in worse.output
