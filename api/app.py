@@ -63,7 +63,7 @@ def create_app(
     """The app over an open index. With `config.inference` and no engine given, one is made
     that loads each model lazily on its first live request."""
     if config.inference and inference is None:
-        inference = InferenceEngine(config.device)
+        inference = InferenceEngine(config.device, config=config, process=config.inference_process)
     state = ApiState.load(reader, config, inference if config.inference else None)
     schema = build_schema(config, ListSizes.of(state.saes.values(), config))
     graphql = GraphQLApp(schema, state)
@@ -111,7 +111,13 @@ def serve(
 
     configure_access_log()
     with IndexReader(db) as reader:
-        app = create_app(reader, config, InferenceEngine(config.device, threads=threads))
+        engine = InferenceEngine(
+            config.device, threads=threads, config=config, process=config.inference_process
+        )
+        app = create_app(reader, config, engine)
         if ready is not None:
             ready(f"serving {db} on http://{config.host}:{config.port}/graphql (REST: /api/)")
-        uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")
+        try:
+            uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")
+        finally:
+            engine.close()

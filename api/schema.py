@@ -23,7 +23,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
 from saedex import data
-from saedex.api import documents, inference
+from saedex.api import documents, inference, steer_schema
 from saedex.api.bounds import MAX_QUERY_CHARS, bounds, check_unicode
 from saedex.api.context import Context
 from saedex.api.cost import ListSizes
@@ -410,6 +410,49 @@ class Query:
         self, info: Info, sae: strawberry.ID, text: str, top_k: int = 10
     ) -> ActiveFeatures | None:
         return active_of(await run_active(info.context, sae, text, top_k))
+
+    # -- steering and ablation (api/steer_schema.py; owner: inference) --
+
+    @strawberry.field(
+        description="Live: default and steered completions of a prompt, side by side "
+        "(runs the model; limits in ServeConfig)."
+    )
+    async def steer(
+        self,
+        info: Info,
+        sae: strawberry.ID,
+        prompt: str,
+        features: list[steer_schema.SteerFeatureInput],
+        mode: steer_schema.SteerMode = steer_schema.SteerMode.ADD,
+        n_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+        chat_template: bool = False,
+        n_shifts: int = 5,
+    ) -> steer_schema.Steering | None:
+        result = await steer_schema.run_steer(
+            info.context,
+            sae,
+            prompt,
+            features,
+            mode,
+            n_tokens,
+            temperature,
+            seed,
+            chat_template,
+            n_shifts,
+        )
+        return steer_schema.steering_of(result)
+
+    @strawberry.field(
+        description="Live: a feature ablated at every position of one of its top examples "
+        "(example 0 is the strongest): the change in each next token's log-probability."
+    )
+    async def ablation(
+        self, info: Info, sae: strawberry.ID, index: int, example: int = 0, n_shifts: int = 10
+    ) -> steer_schema.Ablation | None:
+        result = await steer_schema.run_ablation(info.context, sae, index, example, n_shifts)
+        return steer_schema.ablation_of(result)
 
     @strawberry.field(
         description="A document's tokens around a point (a context and position, e.g. an "

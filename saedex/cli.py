@@ -283,10 +283,95 @@ def demo(
 
     cfg = demo_job.DemoConfig(workdir, max_tokens, host, port)
     info, site_dir = demo_job.prepare(cfg, console, progress=not quiet)
+    console.rule("steering: one feature turned up")
+    demo_job.steering_example(cfg.db, info, console)
     if serve:
         demo_job.serve(cfg, info, site_dir, console)
     else:
         console.print(f"ready: {cfg.db} and {demo_job.site_index(cfg)}")
+
+
+# -- steer (saedex.steering; owner: inference) --
+
+
+def _feature_edit(spec: str, mode: str):
+    """INDEX or INDEX:AMOUNT (a strength for add, a value for clamp) into a FeatureEdit."""
+    from saedex.steering import FeatureEdit
+
+    index, _, amount = spec.partition(":")
+    try:
+        number = float(amount) if amount else None
+        edit = FeatureEdit(int(index), number if mode == "add" else None, number)
+    except ValueError as exc:
+        raise SaedexError(f"--feature wants INDEX or INDEX:AMOUNT, got {spec!r}") from exc
+    return edit
+
+
+@app.command()
+@user_errors
+def steer(
+    db: Annotated[Path, typer.Option(help="DuckDB index file (opened read-only).")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
+    prompt: Annotated[str, typer.Option(help="The prompt to complete.")],
+    feature: Annotated[
+        list[str],
+        typer.Option(help="INDEX:STRENGTH (add), INDEX:VALUE (clamp) or INDEX (ablate); repeat."),
+    ],
+    mode: Annotated[str, typer.Option(help="add, clamp or ablate.")] = "add",
+    n_tokens: Annotated[int, typer.Option(help="Tokens to generate per side.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed, the same on both sides.")] = 0,
+    chat_template: Annotated[
+        bool, typer.Option(help="Wrap the prompt in the model's chat template.")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="Device (default: cuda if present).")] = None,
+):
+    """Complete a prompt with and without steering SAE features, side by side."""
+    import asyncio
+
+    from saedex.api.inference import InferenceEngine
+    from saedex.steering import SteerLimits, SteerRequest, check_request
+    from saedex.store import IndexReader
+
+    limits = ServeConfig()
+    req = SteerRequest(
+        prompt,
+        tuple(_feature_edit(f, mode) for f in feature),
+        mode,
+        n_tokens,
+        temperature,
+        seed,
+        chat_template,
+    )
+    with IndexReader(db) as reader:
+        info = reader.sae(sae)
+        if info is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db}")
+        req = check_request(
+            req,
+            info.d_sae,
+            SteerLimits(limits.max_steer_prompt_tokens, n_tokens, limits.max_steer_features),
+        )
+        indices = [e.index for e in req.features]
+        maxima = {i: s.max_activation for i, s in reader.summaries(sae, indices).items()}
+    engine = InferenceEngine(device)
+    result = asyncio.run(engine.steer(info, req, limits.max_steer_prompt_tokens, maxima))
+    print_steering(result)
+
+
+def print_steering(result) -> None:
+    """Both completions, with the features' scales; plain text a script can also read."""
+    out = Console()
+    for f in result.features:
+        amount = f.strength if result.mode == "add" else f.value
+        scale = f"max activation {f.max_activation:.3g}" if f.max_activation else "unseen"
+        out.print(
+            f"feature {f.index}: {result.mode} {amount:g}  (|W_dec| {f.decoder_norm:.3g}, {scale})",
+            highlight=False,
+        )
+    out.print(f"[bold]prompt:[/]  {result.prompt!r}", highlight=False)
+    out.print(f"[bold]default:[/] {result.default.text!r}", highlight=False)
+    out.print(f"[bold]steered:[/] {result.steered.text!r}", highlight=False)
 
 
 def main() -> None:

@@ -209,6 +209,35 @@ class ServeConfig:
     def __post_init__(self) -> None:
         validate(self)
 
+    # -- live inference: batching and steering (owner: inference) --
+    inference_process: bool = field(
+        default=True,
+        metadata={
+            "help": "Run live models in a worker process, so the server's Python work never "
+            "holds the GIL that every op of a forward pass waits for."
+        },
+    )
+    batch_window_ms: float = field(
+        default=5.0,
+        metadata={
+            "help": "How long a lone live request waits for others to share its forward pass "
+            "(ms); requests arriving while a forward runs are batched without waiting."
+        },
+    )
+    batch_max_contexts: int = field(
+        default=32,
+        metadata={"help": "Most contexts one batched activeFeatures forward pass runs."},
+    )
+    max_steer_prompt_tokens: int = field(
+        default=256, metadata={"help": "Longest prompt (in tokens) steer accepts."}
+    )
+    max_steer_new_tokens: int = field(
+        default=64, metadata={"help": "Most tokens steer generates per side."}
+    )
+    max_steer_features: int = field(
+        default=20, metadata={"help": "Most features one steer request may edit."}
+    )
+
 
 @dataclass(frozen=True)
 class SiteConfig:

@@ -456,7 +456,9 @@ def test_no_inference_mode(reader):
         assert response.status_code == 503 and "--no-inference" in response.json()["error"]
 
 
-def test_concurrent_live_requests_are_served_one_by_one(reader, engine):
+def test_concurrent_live_requests_share_a_forward(reader):
+    """Concurrent requests are batched (tests/test_live.py compares values brute force)."""
+    engine = InferenceEngine("cpu", config=ServeConfig(batch_window_ms=50))
     app = create_app(reader, ServeConfig(), engine)
     texts = [f"the {w} fox" for w in ("quick", "lazy", "golden", "purple", "seven", "brown")]
 
@@ -472,9 +474,14 @@ def test_concurrent_live_requests_are_served_one_by_one(reader, engine):
             return [r.json()["data"]["activeFeatures"] for r in responses]
 
     together = asyncio.run(run())
+    assert max(engine.batch_sizes) > 1
     with TestClient(app) as c:
         alone = [data(c, ACTIVE, {"text": t})["activeFeatures"] for t in texts]
-    assert together == alone
+    for t, a in zip(together, alone, strict=True):
+        assert t["tokens"] == a["tokens"] and t["excluded"] == a["excluded"]
+        assert [f["index"] for f in t["features"]] == [f["index"] for f in a["features"]]
+        for ft, fa in zip(t["features"], a["features"], strict=True):
+            assert ft["values"] == pytest.approx(fa["values"], rel=1e-4, abs=1e-4)
 
 
 # -- REST --------------------------------------------------------------------------------------
