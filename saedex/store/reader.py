@@ -28,6 +28,7 @@ from saedex.data import (
 )
 from saedex.errors import SaedexError
 from saedex.store.schema import check_version
+from saedex.weights import feature_vectors, weights_file
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -103,6 +104,18 @@ class IndexReader:
                 raise SaedexError(f"unknown SAE: {sae_id!r}")
             model_name = self._model_names[sae_id] = info.model_name
         return self.vocab(model_name)
+
+    # -- SAE weights (saedex.weights) -----------------------------------------------------------
+
+    def vectors(
+        self, sae_id: str, indices: list[int], kind: str = "decoder"
+    ) -> dict[int, list[float]]:
+        """Each feature's decoder row ("decoder") or encoder column ("encoder"), read from the
+        SAE weights file the run recorded (the index stores no weights)."""
+        info = self.sae(sae_id)
+        if info is None:
+            raise SaedexError(f"unknown SAE: {sae_id!r}")
+        return feature_vectors(weights_file(info.sae_path, sae_id), kind, indices)
 
     # -- features ------------------------------------------------------------------------------
 
