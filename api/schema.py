@@ -31,9 +31,17 @@ from strawberry.types import ExecutionContext
 from saedex import data
 from saedex.api import inference
 from saedex.api.context import Context
-from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
+from saedex.api.errors import (
+    ApiError,
+    BadInput,
+    MaskUnexpected,
+    NotFound,
+    Unavailable,
+    is_unexpected,
+)
 from saedex.api.scalars import JSON, SCALARS, FloatList, IntList, Long, TokenList
 from saedex.config import ServeConfig
+from saedex.errors import SaedexError
 
 Info = strawberry.Info[Context, None]
 T = TypeVar("T")
@@ -220,6 +228,32 @@ class Feature:
         key = (self.sae_id, self.index, page_size(info, first, None))
         found = await info.context.loaders.neighbours.load(key)
         return [convert(Neighbour, n, sae_id=self.sae_id) for n in found]
+
+    # -- SAE weights (interop: saedex.weights) --
+
+    @strawberry.field(
+        description="The feature's decoder row: its direction in the hooked activation space "
+        "(dIn numbers), read from the SAE weights file the index run recorded."
+    )
+    async def decoder(self, info: Info) -> FloatList:
+        return await load_vector(info, self.sae_id, self.index, "decoder")
+
+    @strawberry.field(
+        description="The feature's encoder column (dIn numbers), from the same weights file."
+    )
+    async def encoder(self, info: Info) -> FloatList:
+        return await load_vector(info, self.sae_id, self.index, "encoder")
+
+
+async def load_vector(info: Info, sae_id: str, index: int, kind: str) -> list[float]:
+    """A weights row through the request's loader; weights that cannot be read are
+    UNAVAILABLE (the SAE directory moved since indexing), not a client error."""
+    try:
+        return await info.context.loaders.vectors.load((sae_id, index, kind))
+    except ApiError:
+        raise
+    except SaedexError as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 def feature_of(summary: data.FeatureSummary) -> Feature:
