@@ -68,6 +68,12 @@ class Example:
     max_activation: float
     max_token_index: int
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the example as the site does (saedex.notebook)."""
+        from saedex.notebook import example_html
+
+        return example_html(self)
+
 
 @dataclass(frozen=True)
 class IntervalSample:
@@ -129,6 +135,12 @@ class FeatureData:
     interval_samples: list[IntervalSample]
     neighbours: list[Neighbour]
     explanations: list[Explanation] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the feature's dashboard as the site does (saedex.notebook)."""
+        from saedex.notebook import feature_html
+
+        return feature_html(self)
 
 
 @dataclass(frozen=True)
