@@ -55,7 +55,10 @@ def index(
     ] = "default",
     corpus: Annotated[
         str,
-        typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
+        typer.Option(
+            help='"default", a text file, a directory, JSONL (text field) or Parquet; or '
+            "pretokenized rows (input_ids/tokens in Parquet, Arrow, an HF save_to_disk folder)."
+        ),
     ] = "default",
     sae_id: Annotated[
         str | None, typer.Option(help="Name of this index in the file [default: SAE dir name].")
