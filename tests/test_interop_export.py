@@ -447,3 +447,52 @@ def test_export_does_not_import_torch(db, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# -- co-activation (issue 18.1) ------------------------------------------------------------------
+
+
+def test_coactivation_equals_brute_force(db):
+    from collections import Counter, defaultdict
+    from itertools import combinations
+
+    from saedex.store.coactivation import coactivations, cofiring
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        for sae_id in SAES:
+            tokens: dict[tuple, set[int]] = defaultdict(set)
+            rows = con.execute(
+                "SELECT context_id, position, feature FROM activations WHERE sae_id = ?", [sae_id]
+            ).fetchall()
+            for context, position, feature in rows:
+                tokens[(context, position)].add(feature)
+            pairs: Counter = Counter()
+            alone: Counter = Counter()
+            for features in tokens.values():
+                alone.update(features)
+                pairs.update(combinations(sorted(features), 2))
+            products, n_counted = cofiring(con, sae_id)
+            dense = products.toarray()
+            for (i, j), c in pairs.items():
+                assert dense[i, j] == dense[j, i] == c
+            assert dense.sum() == sum(alone.values()) + 2 * sum(pairs.values())
+            n_active = dict(
+                con.execute(
+                    "SELECT feature, n_active FROM features WHERE sae_id = ?", [sae_id]
+                ).fetchall()
+            )
+            assert all(dense[i, i] == n_active[i] for i in n_active)
+            top = coactivations(con, sae_id, first=5)
+            for i, got in top.items():
+                partners = {j if i == k else k: c for (k, j), c in pairs.items() if i in (k, j)}
+                scored = sorted(
+                    ((c / (alone[i] + alone[j] - c), c, j) for j, c in partners.items()),
+                    key=lambda t: (-t[0], -t[1], t[2]),
+                )[:5]
+                assert [(g.index, g.count) for g in got] == [(j, c) for _, c, j in scored]
+                for g, (jac, c, j) in zip(got, scored, strict=True):
+                    assert g.jaccard == pytest.approx(jac)
+                    assert g.lift == pytest.approx(c * n_counted / (alone[i] * alone[j]))
+    finally:
+        con.close()
