@@ -360,7 +360,9 @@ def test_neuronpedia_feature_rows_equal_the_index(bundle, db, sae_dirs):
             assert torch.equal(torch.tensor(row["vector"]), weights[i])
             assert row["vectorDefaultSteerStrength"] == row["maxActApprox"]
             assert row["pos_str"] == [e.token for e in s.top_logits]
-            assert row["neg_values"] == [round(e.value, 5) for e in data.bottom_logits]
+            assert row["neg_values"] == pytest.approx(
+                [e.value for e in data.bottom_logits], abs=6e-6
+            )
             assert row["topkCosSimIndices"] == [n.index for n in data.neighbours]
             assert row["freq_hist_data_bar_heights"] == data.histogram.counts
             assert len(row["freq_hist_data_bar_values"]) == len(data.histogram.counts)
@@ -384,13 +386,13 @@ def test_neuronpedia_activation_rows_equal_the_index(bundle, db):
             assert len(got) == len(top) + len(samples)
             for row, ex in zip(got, top, strict=False):
                 assert row["tokens"] == ex.tokens
-                assert row["values"] == [round(v, 5) for v in ex.activations]
-                assert row["maxValue"] == round(ex.max_activation, 5)
+                assert row["values"] == pytest.approx(ex.activations, abs=6e-6)
+                assert row["maxValue"] == pytest.approx(ex.max_activation, abs=6e-6)
                 assert row["maxValueTokenIndex"] == ex.max_token_index
                 assert (row["binMin"], row["binContains"]) == (-1, -1)
                 assert row["binMax"] == round(data.summary.max_activation, 5)
             for row, (sample, ex) in zip(got[len(top) :], samples, strict=True):
-                assert row["values"] == [round(v, 5) for v in ex.activations]
+                assert row["values"] == pytest.approx(ex.activations, abs=6e-6)
                 assert row["binMin"] == round(sample.low, 5)
                 assert row["binContains"] == round(sample.fraction, 5)
                 assert row["qualifyingTokenIndex"] == ex.max_token_index
