@@ -97,6 +97,14 @@ class Sae:
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
+    # provenance (saedex.data.SaeInfo; null for runs indexed before it was recorded)
+    model_fingerprint: str | None = None
+    sae_weights_sha256: str | None = None
+    sae_cfg_sha256: str | None = None
+    corpus_fingerprint: str | None = None
+    saedex_version: str | None = None
+    dtype: str | None = None
+    device: str | None = None
 
 
 @strawberry.type(description="Counts per bin; binEdges has one more entry than counts.")
