@@ -18,22 +18,14 @@ from saedex.indexer.corpus import CorpusStats
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.indexer.pretokenized import token_documents
 from saedex.store import IndexReader
+from saedex.store.export import TABLES as EXPORTED
+from saedex.store.export import UNPARTITIONED
 from tests.conftest import make_corpus_docs
 
 SAE = "sae"
 CFG = IndexConfig(context_size=24, batch_size=8)
 # Every table a run fills, compared row for row (sae_id aside: each file has one run).
-TABLES = (
-    "documents",
-    "contexts",
-    "excluded_tokens",
-    "activations",
-    "features",
-    "feature_logits",
-    "intervals",
-    "examples",
-    "neighbours",
-)
+TABLES = tuple(t for t in EXPORTED if t not in UNPARTITIONED)
 RUN_COLUMNS = "n_documents, n_skipped_documents, n_contexts, n_tokens, n_excluded_tokens, dead_features, settings"
 
 

@@ -215,6 +215,9 @@ def _sorted(rel: duckdb.DuckDBPyRelation, columns: list[str]) -> list[tuple]:
 
 
 def test_parquet_round_trip_equals_every_table(db, tmp_path):
+    from saedex.store.schema import TABLES as SCHEMA_TABLES
+
+    assert set(TABLES) == set(SCHEMA_TABLES)  # a table added to the schema is exported too
     out = tmp_path / "pq"
     result = export_parquet(db, out)
     con = duckdb.connect(str(db), read_only=True)
