@@ -28,7 +28,7 @@ import numpy as np
 from saedex.data import Example, Explanation, FeatureData, Histogram, SaeInfo
 from saedex.errors import SaedexError
 from saedex.store import IndexReader
-from saedex.weights import all_vectors, weights_file
+from saedex.weights import all_vectors, indexed_weights
 
 DATASET_VERSION = "v1"  # Neuronpedia's DATASET_VERSION (apps/webapp/lib/utils/s3.ts)
 BATCH_FEATURES = 1024  # features (and their activations) per batch file, as export-data.py
@@ -120,9 +120,7 @@ def export_neuronpedia(job: NeuronpediaJob, progress: bool = True) -> Neuronpedi
             raise SaedexError(f"SAE {job.sae_id!r} is not fully indexed (status {info.status})")
         names = _names(job, info)
         folder = _prepare(job.out / DATASET_VERSION / names.model_id / names.source_id, job)
-        vectors = (
-            all_vectors(weights_file(info.sae_path, info.id), "decoder") if job.vectors else None
-        )
+        vectors = all_vectors(indexed_weights(info), "decoder") if job.vectors else None
         for name, row in _metadata_rows(job, info, names).items():
             _write_jsonl(folder / f"{name}.jsonl", [row])
         result = NeuronpediaExport(folder, names.model_id, names.source_id)

@@ -33,6 +33,18 @@ def weights_file(sae_path: str | None, sae_id: str) -> Path:
     return path
 
 
+def indexed_weights(info) -> Path:
+    """The weights file of an indexed SAE (a saedex.data.SaeInfo), refused if it changed since
+    the run (the fingerprints the run stored): its rows would not be the indexed features'."""
+    from saedex.provenance import sae_changed
+
+    path = weights_file(info.sae_path, info.id)
+    changed = sae_changed(path.parent, info.sae_weights_sha256, info.sae_cfg_sha256)
+    if changed:
+        raise SaedexError(f"SAE {info.id!r}: {changed}; its vectors are not the indexed SAE's")
+    return path
+
+
 def feature_vectors(path: Path, kind: str, indices: Sequence[int]) -> dict[int, list[float]]:
     """{feature: its decoder row or encoder column} for the features asked for."""
     tensor, axis = _kind(kind)

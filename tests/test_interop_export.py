@@ -302,6 +302,19 @@ def test_vectors_of_a_moved_sae_is_a_clear_error(db, sae_dirs, tmp_path):
         reader.vectors("relu", [0])
 
 
+def test_vectors_of_changed_weights_are_refused(db, sae_dirs, tmp_path):
+    copied = shutil.copytree(sae_dirs["relu"], tmp_path / "sae")
+    weights = load_file(str(copied / "sae_weights.safetensors"))
+    save_file({**weights, "W_dec": weights["W_dec"] * 2}, str(copied / "sae_weights.safetensors"))
+    changed_db = tmp_path / "index.duckdb"
+    shutil.copy(db, changed_db)
+    con = duckdb.connect(str(changed_db))
+    con.execute("UPDATE saes SET sae_path = ? WHERE sae_id = 'relu'", [str(copied)])
+    con.close()
+    with IndexReader(changed_db) as reader, pytest.raises(SaedexError, match="changed since"):
+        reader.vectors("relu", [0])
+
+
 def test_bfloat16_weights_are_read(tmp_path, sae_dirs):
     from saedex.weights import feature_vectors
 

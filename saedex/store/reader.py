@@ -31,7 +31,7 @@ from saedex.errors import SaedexError
 from saedex.store import documents
 from saedex.store.connection import open_db
 from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
-from saedex.weights import feature_vectors, weights_file
+from saedex.weights import feature_vectors, indexed_weights
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -111,7 +111,7 @@ class IndexReader:
         info = self.sae(sae_id)
         if info is None:
             raise SaedexError(f"unknown SAE: {sae_id!r}")
-        return feature_vectors(weights_file(info.sae_path, sae_id), kind, indices)
+        return feature_vectors(indexed_weights(info), kind, indices)
 
     # -- features ------------------------------------------------------------------------------
 
