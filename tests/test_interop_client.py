@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from starlette.testclient import TestClient
 import saedex
 from saedex.api.app import create_app
 from saedex.config import IndexConfig, ServeConfig
+from saedex.data import public_name
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
@@ -68,9 +70,16 @@ def remote(client_db):
         proc.wait(timeout=30)
 
 
+def _public(info):
+    """The SAE as the API shows it: local paths reduced to their last part (data.public_name)."""
+    paths = {k: public_name(getattr(info, k)) for k in ("model_name", "sae_path", "corpus")}
+    return dataclasses.replace(info, **paths)
+
+
 def test_saes_equal_the_reader(remote, reader):
-    assert remote.saes() == reader.saes()
-    assert remote.sae(SAE) == reader.sae(SAE)
+    assert remote.saes() == [_public(s) for s in reader.saes()]
+    assert remote.sae(SAE) == _public(reader.sae(SAE))
+    assert remote.sae(SAE).sae_weights_sha256 is not None
     assert remote.sae("nope") is None
 
 
