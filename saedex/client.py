@@ -25,8 +25,9 @@ from typing import Any
 from saedex import data
 from saedex.errors import SaedexError
 
-# FeatureData fields the API does not serve (explanations live in the user-edit store).
-_NOT_SERVED = {data.FeatureData: {"summary", "explanations"}}
+# Record fields the API does not serve: explanations live in the user-edit store; a neighbour's
+# SAE is the one asked about (filled in from the request, `context`).
+_NOT_SERVED = {data.FeatureData: {"summary", "explanations"}, data.Neighbour: {"sae_id"}}
 # Record fields whose API name is not the camelCase of the field name.
 _RENAMED = {(data.FeatureSummary, "sae_id"): "sae"}
 
@@ -66,25 +67,32 @@ def selection(cls: type) -> str:
     return " ".join(parts)
 
 
-def _value(hint: Any, value: Any) -> Any:
+def _value(hint: Any, value: Any, context: dict) -> Any:
     nested = _record_type(hint)
     if value is None:
         return None
     if nested is not None:
-        return (
-            [record(nested, v) for v in value] if isinstance(value, list) else record(nested, value)
-        )
+        if isinstance(value, list):
+            return [record(nested, v, context) for v in value]
+        return record(nested, value, context)
     if datetime in (hint, *typing.get_args(hint)):
         return datetime.fromisoformat(value)
     return value
 
 
-def record(cls: type, obj: dict, **known: Any) -> Any:
-    """A saedex.data record from the API's JSON object for it (plus fields `known`)."""
+def record(cls: type, obj: dict, context: dict | None = None, **known: Any) -> Any:
+    """A saedex.data record from the API's JSON object for it, plus fields `known`; a field
+    the API does not serve comes from `context` (e.g. the SAE asked about) or its default."""
+    context = context or {}
     values = dict(known)
     for f in dataclasses.fields(cls):
-        if f.name not in values and f.name not in _NOT_SERVED.get(cls, set()):
-            values[f.name] = _value(_hints(cls)[f.name], obj[_api_name(cls, f.name)])
+        if f.name in values:
+            continue
+        if f.name in _NOT_SERVED.get(cls, set()):
+            if f.name in context:
+                values[f.name] = context[f.name]
+            continue
+        values[f.name] = _value(_hints(cls)[f.name], obj[_api_name(cls, f.name)], context)
     return cls(**values)
 
 
@@ -94,9 +102,11 @@ _FEATURE = f"{_SUMMARY} {selection(data.FeatureData)}"
 _ORDERS = {"index": "INDEX", "density": "DENSITY", "max_activation": "MAX_ACTIVATION"}
 
 
-def _feature_data(obj: dict) -> data.FeatureData:
+def _feature_data(obj: dict, sae_id: str) -> data.FeatureData:
     """The API's Feature holds the summary's fields at its top level, beside the rest."""
-    return record(data.FeatureData, obj, summary=record(data.FeatureSummary, obj))
+    context = {"sae_id": sae_id}
+    summary = record(data.FeatureSummary, obj, context)
+    return record(data.FeatureData, obj, context, summary=summary)
 
 
 class Client:
@@ -180,7 +190,7 @@ class Client:
             f"feature(sae: $sae, index: $index) {{ {_FEATURE} }} }}"
         )
         found = self._optional(document, {"sae": sae_id, "index": index}, "feature")
-        return None if found is None else _feature_data(found)
+        return None if found is None else _feature_data(found, sae_id)
 
     def _features(self, sae_id: str, indices: list[int], fields: str) -> dict[int, dict]:
         """One request for many features (aliased), skipping indices out of range."""
@@ -201,7 +211,7 @@ class Client:
     def features(self, sae_id: str, indices: list[int]) -> dict[int, data.FeatureData]:
         """Several dashboards in one request."""
         found = self._features(sae_id, indices, _FEATURE)
-        return {i: _feature_data(obj) for i, obj in found.items()}
+        return {i: _feature_data(obj, sae_id) for i, obj in found.items()}
 
     def top_examples(
         self, sae_id: str, indices: list[int], first: int | None = None
