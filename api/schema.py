@@ -27,11 +27,19 @@ from saedex.api import documents, inference, steer_schema
 from saedex.api.bounds import MAX_QUERY_CHARS, bounds, check_unicode
 from saedex.api.context import Context
 from saedex.api.cost import ListSizes
-from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
+from saedex.api.errors import (
+    ApiError,
+    BadInput,
+    MaskUnexpected,
+    NotFound,
+    Unavailable,
+    is_unexpected,
+)
 from saedex.api.limits import limit_extensions
 from saedex.api.records import delegating_resolvers, field_doc, record_type
 from saedex.api.scalars import SCALARS, FloatList, IntList, TokenList
 from saedex.config import ServeConfig
+from saedex.errors import SaedexError
 
 Info = strawberry.Info[Context, None]
 T = TypeVar("T")
@@ -154,6 +162,21 @@ class Feature:
         key = (self.sae_id, self.index, page_size(info, first, None))
         return await info.context.loaders.neighbours.load(key)
 
+    # -- SAE weights (interop: saedex.weights) --
+
+    @strawberry.field(
+        description="The feature's decoder row: its direction in the hooked activation space "
+        "(dIn numbers), read from the SAE weights file the index run recorded."
+    )
+    async def decoder(self, info: Info) -> FloatList:
+        return await load_vector(info, self.sae_id, self.index, "decoder")
+
+    @strawberry.field(
+        description="The feature's encoder column (dIn numbers), from the same weights file."
+    )
+    async def encoder(self, info: Info) -> FloatList:
+        return await load_vector(info, self.sae_id, self.index, "encoder")
+
 
 for _name, _resolver in delegating_resolvers(
     data.FeatureSummary, _summary, exclude=("sae_id", "index", "top_logits")
@@ -164,6 +187,17 @@ Feature = strawberry.type(
     description="One SAE latent and everything its dashboard shows. Each field is fetched "
     "only when asked for, batched across the request.",
 )
+
+
+async def load_vector(info: Info, sae_id: str, index: int, kind: str) -> list[float]:
+    """A weights row through the request's loader; weights that cannot be read are
+    UNAVAILABLE (the SAE directory moved since indexing), not a client error."""
+    try:
+        return await info.context.loaders.vectors.load((sae_id, index, kind))
+    except ApiError:
+        raise
+    except SaedexError as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 def feature_of(summary: data.FeatureSummary) -> Feature:

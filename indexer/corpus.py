@@ -209,12 +209,32 @@ def tokenize_contexts(
     max_tokens: int | None = None,
 ) -> Iterator[Context]:
     """Cut documents into contexts; appends a row per document to `doc_sink` as it goes."""
+    return cut_contexts(
+        _tokenized(documents, tokenizer),
+        context_size,
+        prepend_bos,
+        bos_token_id,
+        doc_sink,
+        max_tokens,
+    )
+
+
+def cut_contexts(
+    documents: Iterator[tuple[Document, list[int]]],
+    context_size: int,
+    prepend_bos: bool,
+    bos_token_id: int,
+    doc_sink: list | None = None,
+    max_tokens: int | None = None,
+) -> Iterator[Context]:
+    """Cut (document, token ids) pairs into contexts, whether the ids come from the tokenizer
+    or from a pretokenized corpus (indexer/pretokenized.py)."""
     if context_size < 2:
         raise SaedexError(f"context size must be at least 2, got {context_size}")
     body = context_size - 1 if prepend_bos else context_size
     context_id = 0
     tokens_seen = 0
-    for doc_index, (doc, ids) in enumerate(_tokenized(documents, tokenizer)):
+    for doc_index, (doc, ids) in enumerate(documents):
         if doc_sink is not None:
             doc_sink.append(
                 {

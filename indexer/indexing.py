@@ -8,7 +8,6 @@ neighbours). Killing it at any point and running the same command again finishes
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
@@ -22,7 +21,7 @@ from saedex import provenance
 from saedex.config import IndexConfig
 from saedex.data import SaeInfo
 from saedex.errors import SaedexError
-from saedex.indexer.corpus import CorpusStats, read_documents, resolve_corpus, tokenize_contexts
+from saedex.indexer.corpus import CorpusStats, resolve_corpus
 from saedex.indexer.lens import folded_unembed, is_layernorm, logit_lens, neighbours
 from saedex.indexer.model import (
     DEFAULT_MODEL,
@@ -35,6 +34,7 @@ from saedex.indexer.model import (
     resolve_device,
     validate_hook,
 )
+from saedex.indexer.pretokenized import corpus_contexts
 from saedex.indexer.sae import SparseAutoencoder, check_indexable, load_sae, resolve_sae
 from saedex.progress import progress_bar
 from saedex.store import IndexReader, IndexWriter
@@ -194,18 +194,19 @@ def _plan(job, writer, model, run: dict, corpus_path, progress) -> None:
     sae_id = run["sae_id"]
     started = time.perf_counter()
     stats = CorpusStats()
-    docs = read_documents(corpus_path, stats)
-    if cfg.max_documents is not None:
-        docs = itertools.islice(docs, cfg.max_documents)
     documents: list[dict] = []
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
-    contexts = tokenize_contexts(
-        docs,
+    # Text is tokenised; a pretokenized corpus (token-id rows) is read as given (interop).
+    contexts = corpus_contexts(
+        corpus_path,
+        stats,
         model.tokenizer,
+        model.vocab_size,
         cfg.context_size,
         cfg.prepend_bos,
         model.bos_token_id,
         doc_sink=documents,
+        max_documents=cfg.max_documents,
         max_tokens=cfg.max_tokens,
     )
     rows = (

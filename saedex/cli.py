@@ -216,6 +216,92 @@ def export_site_command(
         )
 
 
+# -- export (saedex.store.export, saedex.neuronpedia) --
+
+from enum import StrEnum  # noqa: E402 (this section's own import)
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    neuronpedia = "neuronpedia"
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    out: Annotated[Path, typer.Option(help="Folder to write into.")],
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            help="parquet: every table, hive-partitioned by SAE; neuronpedia: Neuronpedia's "
+            "import bundle (v1/{modelId}/{sourceId}/)."
+        ),
+    ] = ExportFormat.parquet,
+    sae: Annotated[
+        list[str] | None,
+        typer.Option(help="SAE id to export (repeatable; default: every SAE in the index)."),
+    ] = None,
+    model_id: Annotated[
+        str | None,
+        typer.Option(help="neuronpedia: model id (default: the model name, lower-cased)."),
+    ] = None,
+    source_set: Annotated[
+        str | None,
+        typer.Option(
+            help="neuronpedia: source set name; the source id is LAYER-SET (default: res-saedex)."
+        ),
+    ] = None,
+    creator_id: Annotated[
+        str, typer.Option(help="neuronpedia: creatorId/authorId of every row.")
+    ] = "clkht01d40000jv08hvalcvly",
+    creator_name: Annotated[
+        str, typer.Option(help="neuronpedia: creator shown on the release.")
+    ] = "saedex",
+    release: Annotated[
+        str | None, typer.Option(help="neuronpedia: release name (default: the source set).")
+    ] = None,
+    vectors: Annotated[
+        bool,
+        typer.Option(help="neuronpedia: decoder rows into `vector` (reads the SAE weights file)."),
+    ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUT.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Export an index for other tools: Parquet tables or a Neuronpedia bundle (docs/interop.md)."""
+    if format is ExportFormat.parquet:
+        from saedex.store.export import export_parquet
+
+        result = export_parquet(db, out, sae, overwrite)
+        rows = sum(result.rows.values())
+        console.print(
+            f"wrote {len(result.rows)} tables ({rows:,} rows) in {result.seconds:.1f}s -> {out}"
+        )
+        return
+    from saedex.neuronpedia import NeuronpediaJob, export_neuronpedia
+    from saedex.store import IndexReader
+
+    if not sae:
+        with IndexReader(db) as reader:
+            sae = [s.id for s in reader.saes()]
+    for sae_id in sae:
+        job = NeuronpediaJob(
+            db,
+            sae_id,
+            out,
+            model_id,
+            source_set,
+            creator_id,
+            creator_name,
+            release,
+            vectors,
+            overwrite,
+        )
+        result = export_neuronpedia(job, progress=not quiet)
+        counts = ", ".join(f"{n:,} {name}" for name, n in result.counts.items())
+        console.print(f"wrote {counts} -> {result.folder}")
+
+
 # -- show (saedex.show) --
 
 

@@ -100,6 +100,12 @@ class Example:
     max_activation: float = doc("The largest of them.")
     max_token_index: int = doc("The token where it is.")
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the example as the site does (saedex.notebook)."""
+        from saedex.notebook import example_html
+
+        return example_html(self)
+
 
 @dataclass(frozen=True)
 class IntervalSample:
@@ -161,6 +167,12 @@ class FeatureData:
     interval_samples: list[IntervalSample]
     neighbours: list[Neighbour]
     explanations: list[Explanation] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the feature's dashboard as the site does (saedex.notebook)."""
+        from saedex.notebook import feature_html
+
+        return feature_html(self)
 
 
 @dataclass(frozen=True)

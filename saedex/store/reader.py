@@ -32,6 +32,7 @@ from saedex.store import documents
 from saedex.store.connection import open_db
 from saedex.store.deadline import interruptible
 from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
+from saedex.weights import feature_vectors, indexed_weights
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -101,6 +102,18 @@ class IndexReader:
                 raise SaedexError(f"unknown SAE: {sae_id!r}")
             model_name = self._model_names[sae_id] = info.model_name
         return self.vocab(model_name)
+
+    # -- SAE weights (saedex.weights) -----------------------------------------------------------
+
+    def vectors(
+        self, sae_id: str, indices: list[int], kind: str = "decoder"
+    ) -> dict[int, list[float]]:
+        """Each feature's decoder row ("decoder") or encoder column ("encoder"), read from the
+        SAE weights file the run recorded (the index stores no weights)."""
+        info = self.sae(sae_id)
+        if info is None:
+            raise SaedexError(f"unknown SAE: {sae_id!r}")
+        return feature_vectors(indexed_weights(info), kind, indices)
 
     # -- features ------------------------------------------------------------------------------
 
