@@ -100,3 +100,11 @@ class SiteConfig:
     window: int = 10  # tokens either side of the max token shown before expanding
     features_per_index_page: int = 500
     workers: int = max(1, (os.cpu_count() or 1))
+    # -- site issue 14: feature pages in blocks --
+    features_per_page: int = field(
+        default=32,
+        metadata={
+            "help": "Features per feature page file (each shown at its own #f<index> anchor): "
+            "fewer files for wide SAEs, at the cost of larger pages."
+        },
+    )
