@@ -131,6 +131,28 @@ class InferenceEngine:
             acts.column("value").to_numpy(),
         )
 
+    async def window(self, info: SaeInfo, token_ids: list[int]) -> _Encoded:
+        """The SAE on one run of the model over `token_ids` (a joined document window)."""
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self.encode_ids, info, token_ids)
+
+    def encode_ids(self, info: SaeInfo, token_ids: list[int]) -> _Encoded:
+        """Token ids as one context (BOS prepended as the run did, its sink rule applied)."""
+        model, sae = self._load(info)
+        cfg = run_config(info)
+        skip = 1 if cfg.prepend_bos else 0
+        ids = [model.bos_token_id, *token_ids] if skip else list(token_ids)
+        acts, excluded, _ = encode_batch(model, sae, Batch([0], [ids]), cfg)
+        flags = np.zeros(len(token_ids), dtype=bool)
+        flags[excluded.column("position").to_numpy().astype(np.int64) - skip] = True
+        return _Encoded(
+            list(token_ids),
+            flags,
+            acts.column("position").to_numpy().astype(np.int64) - skip,
+            acts.column("feature").to_numpy(),
+            acts.column("value").to_numpy(),
+        )
+
     def _load(self, info: SaeInfo) -> tuple[LoadedModel, SparseAutoencoder]:
         spec = DEFAULT_MODEL if info.model_name == DEFAULT_MODEL_NAME else info.model_name
         if spec not in self._models:

@@ -29,7 +29,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from saedex import data
-from saedex.api import inference
+from saedex.api import documents, inference
 from saedex.api.context import Context
 from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
 from saedex.api.scalars import JSON, SCALARS, FloatList, IntList, Long, TokenList
@@ -371,6 +371,59 @@ def active_of(result: inference.ActiveFeatures) -> ActiveFeatures:
     )
 
 
+# -- document windows (api/documents.py) ----------------------------------------------------
+
+
+@strawberry.input(description="A feature of any SAE indexed over the same corpus.")
+class FeatureRef:
+    sae: strawberry.ID
+    index: int
+
+
+@strawberry.type(description="A feature's activation on every token of a document window.")
+class WindowFeature:
+    sae: strawberry.ID
+    index: int
+    activations: FloatList
+
+
+@strawberry.type(
+    description="A stretch of one document across the contexts the index cut it into. Offsets "
+    "count the document's tokens (a prepended BOS is not one). live: false means the stored "
+    "activations (attention restarted at each of contextStarts); true, one live run over the "
+    "whole window."
+)
+class DocumentWindow:
+    sae: strawberry.ID
+    document_id: str
+    source: str
+    focus: int = strawberry.field(description="The offset asked for (e.g. an example's max token).")
+    start: int
+    end: int
+    tokens: TokenList
+    token_ids: IntList
+    excluded: list[bool] = strawberry.field(description="Attention sinks the run left out.")
+    context_starts: IntList = strawberry.field(
+        description="Offsets inside the window where a context (or the live run) begins."
+    )
+    document_tokens: int = strawberry.field(description="Tokens the document has.")
+    indexed_tokens: int = strawberry.field(
+        description="Tokens of the document the index holds (fewer when the run stopped early)."
+    )
+    live: bool
+    features: list[WindowFeature]
+
+
+def window_of(window: data.DocumentWindow) -> DocumentWindow:
+    features = [
+        WindowFeature(sae=f.sae_id, index=f.index, activations=f.activations)
+        for f in window.features
+    ]
+    return convert(
+        DocumentWindow, window, sae=strawberry.ID(window.sae_id), end=window.end, features=features
+    )
+
+
 # -- the root --------------------------------------------------------------------------------
 
 
@@ -441,6 +494,32 @@ class Query:
         self, info: Info, sae: strawberry.ID, text: str, top_k: int = 10
     ) -> ActiveFeatures | None:
         return active_of(await run_active(info.context, sae, text, top_k))
+
+    @strawberry.field(
+        description="A document's tokens around a point (a context and position, e.g. an "
+        "example's contextId and maxTokenIndex; or a documentId and offset) with features' "
+        "activations, across context boundaries; live re-runs the model on the joined window."
+    )
+    async def document_window(
+        self,
+        info: Info,
+        sae: strawberry.ID,
+        features: list[int] | None = None,
+        other_features: list[FeatureRef] | None = None,
+        context_id: int | None = None,
+        position: int | None = None,
+        document_id: str | None = None,
+        offset: int = 0,
+        before: int = 64,
+        after: int = 64,
+        live: bool = False,
+    ) -> DocumentWindow | None:
+        refs = [(str(sae), i) for i in features or []]
+        refs += [(str(f.sae), f.index) for f in other_features or []]
+        request = documents.WindowRequest(
+            str(sae), refs, context_id, position, document_id, offset, before, after, live
+        )
+        return window_of(await documents.document_window(info.context.state, request))
 
 
 async def run_active(context: Context, sae_id: str, text: str, top_k: int):

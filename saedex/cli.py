@@ -366,6 +366,50 @@ def export_site_command(
         )
 
 
+# -- show (saedex.show) --
+
+
+@app.command()
+@user_errors
+def show(
+    db: Annotated[Path, typer.Option(help="Index file.")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
+    feature: Annotated[int, typer.Option(help="Feature index.")],
+    example: Annotated[int, typer.Option(help="Which top example (1 = the strongest).")] = 1,
+    window: Annotated[
+        int, typer.Option(help="Document tokens shown either side of the example's max token.")
+    ] = 64,
+):
+    """Print one of a feature's top examples inside its wider document, shaded by activation.
+
+    Context boundaries show as ¦ (attention restarts there: activations are as stored);
+    struck-through tokens are attention sinks the index left out.
+    """
+    from rich.console import Console as Stdout
+
+    from saedex.show import header, window_text
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        if reader.sae(sae) is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db} (see `saedex info --db {db}`)")
+        examples = reader.top_examples(sae, [feature], first=max(example, 1))
+        if feature not in examples or len(examples[feature]) < example or example < 1:
+            raise SaedexError(f"feature {feature} of {sae!r} has no top example {example}")
+        chosen = examples[feature][example - 1]
+        found = reader.document_window(
+            sae,
+            [feature],
+            context_id=chosen.context_id,
+            position=chosen.max_token_index,
+            before=window,
+            after=window,
+        )
+    out = Stdout()
+    out.print(header(found), highlight=False)
+    out.print(window_text(found), highlight=False)
+
+
 # -- demo --
 
 

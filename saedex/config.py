@@ -87,6 +87,17 @@ class ServeConfig:
     max_query_depth: int = 10
     max_text_chars: int = 2000
     max_active_top_k: int = 100
+    # Document windows (documentWindow): tokens either side of the point, features per window,
+    # and the longest window the model re-runs live (attention over the whole window).
+    max_window_side: int = field(
+        default=512, metadata={"help": "Most tokens a document window shows either side."}
+    )
+    max_window_features: int = field(
+        default=16, metadata={"help": "Most features one document window shows."}
+    )
+    max_live_window_tokens: int = field(
+        default=512, metadata={"help": "Longest document window the model re-runs live."}
+    )
     inference: bool = True
     device: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)

@@ -132,6 +132,44 @@ class FeatureData:
 
 
 @dataclass(frozen=True)
+class WindowFeature:
+    """One feature's activation on every token of a document window (0 where it is silent
+    or where the token was left out)."""
+
+    sae_id: str
+    index: int
+    activations: list[float]
+
+
+@dataclass(frozen=True)
+class DocumentWindow:
+    """A stretch of one document's tokens, across the contexts the index cut it into.
+
+    Offsets count the document's own tokens (a prepended BOS is not one of them). `live`
+    says where the activations come from: False, as stored (computed context by context:
+    attention restarts at each `context_starts` offset); True, re-run on the joined window.
+    """
+
+    sae_id: str
+    document_id: str
+    source: str
+    focus: int  # the offset asked for (an example's max token, or the given offset)
+    start: int
+    token_ids: list[int]
+    tokens: list[str]
+    excluded: list[bool]  # per token: an attention sink the run left out
+    context_starts: list[int]  # offsets in the window where a context (or the live run) begins
+    document_tokens: int  # tokens the document has
+    indexed_tokens: int  # tokens of it the index holds (fewer when the run was cut short)
+    live: bool
+    features: list[WindowFeature]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.token_ids)
+
+
+@dataclass(frozen=True)
 class FeaturePage:
     """A page of feature summaries and the total matching the filters."""
 

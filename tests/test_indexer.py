@@ -47,26 +47,33 @@ def reference(model_dir: Path, sae_dir: Path, corpus: Path, cfg: IndexConfig) ->
             contexts.append([tok.bos_token_id, *ids[start : start + cfg.context_size - 1]])
     acts, counted = [], []
     for ids in contexts:
-        with torch.no_grad():
-            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
-        x = hidden.numpy().astype(np.float64)
-        norms = np.linalg.norm(x, axis=1)
-        body = np.sort(norms[1:])
-        median = body[(len(body) - 1) // 2]  # torch's median: the lower middle value
-        mask = np.ones(len(ids), bool)
-        mask[0] = False
-        mask &= norms / median <= cfg.sink_norm_multiple
-        pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
-        if sae_cfg["architecture"] == "topk":
-            keep = np.argsort(-pre, axis=1)[:, : sae_cfg["k"]]
-            f = np.zeros_like(pre)
-            np.put_along_axis(f, keep, np.maximum(np.take_along_axis(pre, keep, 1), 0), 1)
-        else:
-            f = np.maximum(pre, 0)
-        f[~mask] = 0
+        f, mask = encode_reference(model, w, sae_cfg, ids, cfg)
         acts.append(f)
         counted.append(mask)
     return Reference(contexts, acts, counted)
+
+
+def encode_reference(model, w: dict, sae_cfg: dict, ids: list[int], cfg: IndexConfig):
+    """The SAE's activations [T, d_sae] on one BOS-led context, zero on uncounted tokens, and
+    the counted mask: the HF model run directly, the SAE's formula written out."""
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
+    x = hidden.numpy().astype(np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    body = np.sort(norms[1:])
+    median = body[(len(body) - 1) // 2]  # torch's median: the lower middle value
+    mask = np.ones(len(ids), bool)
+    mask[0] = False
+    mask &= norms / median <= cfg.sink_norm_multiple
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if sae_cfg["architecture"] == "topk":
+        keep = np.argsort(-pre, axis=1)[:, : sae_cfg["k"]]
+        f = np.zeros_like(pre)
+        np.put_along_axis(f, keep, np.maximum(np.take_along_axis(pre, keep, 1), 0), 1)
+    else:
+        f = np.maximum(pre, 0)
+    f[~mask] = 0
+    return f, mask
 
 
 @pytest.fixture(scope="module", params=["standard", "topk"])

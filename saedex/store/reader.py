@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from saedex.data import (
+    DocumentWindow,
     Example,
     FeatureData,
     FeaturePage,
@@ -27,6 +28,7 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
+from saedex.store import documents
 from saedex.store.schema import check_version
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -262,6 +264,47 @@ class IndexReader:
             return FeaturePage([], total)
         summaries = self.summaries(sae_id, [r[0] for r in rows])
         return FeaturePage([summaries[r[0]] for r in rows], rows[0][1])
+
+    # -- document windows (saedex.store.documents) ----------------------------------------------
+
+    def document_window(
+        self,
+        sae_id: str,
+        features: list[int | tuple[str, int]],
+        *,
+        context_id: int | None = None,
+        position: int | None = None,
+        document_id: str | None = None,
+        offset: int = 0,
+        before: int = 64,
+        after: int = 64,
+    ) -> DocumentWindow:
+        """A document's stored tokens and activations around a point, across contexts.
+
+        The point is a context and a position in it (an example's `context_id` and
+        `max_token_index`), or a document id and an offset into its tokens (BOS not counted).
+        `features` are indices of this SAE, or (sae_id, index) pairs of SAEs indexed over the
+        same corpus.
+        """
+        pairs = [f if isinstance(f, tuple) else (sae_id, f) for f in features]
+        for owner, index in pairs:
+            self._check_feature(owner, index)
+        if context_id is not None:
+            center = documents.document_at_context(self._rows, sae_id, context_id, position or 0)
+        elif document_id is not None:
+            center = (documents.document_ref(self._rows, sae_id, document_id=document_id), offset)
+        else:
+            raise SaedexError("a document window needs a context id or a document id")
+        if before < 0 or after < 0:
+            raise SaedexError("before and after must not be negative")
+        return documents.window(self._rows, center, before, after, pairs, self._vocab_for)
+
+    def _check_feature(self, sae_id: str, index: int) -> None:
+        info = self.sae(sae_id)
+        if info is None:
+            raise SaedexError(f"unknown SAE: {sae_id!r}")
+        if not 0 <= index < info.d_sae:
+            raise SaedexError(f"no feature {index} in SAE {sae_id!r} (0..{info.d_sae - 1})")
 
     # -- contexts (saedex.api) -----------------------------------------------------------------
 
