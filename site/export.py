@@ -305,8 +305,9 @@ def search_terms(rows: Sequence[FeatureRow]) -> dict[str, dict[int, int]]:
             add(term(t), r.index, FIRES)
         for t in r.top_logits:
             add(term(t), r.index, PROMOTES)
-        for w in words(r.explanation):
-            add(w, r.index, EXPLAINED)
+        for text in r.explanations:
+            for w in words(text):
+                add(w, r.index, EXPLAINED)
     return out
 
 

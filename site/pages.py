@@ -57,7 +57,7 @@ class FeatureRow:
     max_activation: float
     top_tokens: tuple[str, ...]
     top_logits: tuple[str, ...]
-    explanation: str = ""
+    explanations: tuple[str, ...] = ()
 
     def key(self, order: Order) -> float:
         return {"index": self.index, "density": self.density}.get(order.slug, self.max_activation)
@@ -185,7 +185,6 @@ def shell_page(entries: Sequence[SaeEntry], entry: SaeEntry, per_page: int) -> s
 
 
 def feature_row(feature: dict, fires: Sequence[str], promotes: Sequence[str]) -> FeatureRow:
-    explanation = feature["xp"][0][0] if feature["xp"] else ""
     return FeatureRow(
         feature["i"],
         feature["n"],
@@ -193,7 +192,7 @@ def feature_row(feature: dict, fires: Sequence[str], promotes: Sequence[str]) ->
         feature["mx"] or 0.0,
         tuple(fires[:TOP_TOKENS]),
         tuple(promotes[:TOP_TOKENS]),
-        explanation,
+        tuple(x[0] for x in feature["xp"]),
     )
 
 
@@ -221,7 +220,7 @@ def _listing(
     entry: SaeEntry, order: Order, page: int, n_pages: int, rows: Sequence[FeatureRow], block: int
 ) -> str:
     title = f"Features {order.title}" + (f" ({page} of {n_pages})" if n_pages > 1 else "")
-    explained = any(r.explanation for r in rows)
+    explained = any(r.explanations for r in rows)
     headers = ("Feature", "Density", "Max act.", "Fires most on", "Promotes")
     body = table(
         headers + (("Explanation",) if explained else ()),
@@ -234,7 +233,7 @@ def _listing(
                 _token_list(r.top_tokens),
                 _token_list(r.top_logits),
             )
-            + ((inline(r.explanation),) if explained else ())
+            + ((inline(r.explanations[0]) if r.explanations else "",) if explained else ())
             for r in rows
         ],
         "sx-list",

@@ -249,9 +249,10 @@ def test_search_shards_hold_tokens(built, site_db):
 
 
 def test_explanations_join_search_and_lead_the_page():
-    rows = [FeatureRow(3, 1, 0.1, 1.0, ("cat",), ("dog",), "Mentions of Paris, France")]
+    rows = [FeatureRow(3, 1, 0.1, 1.0, ("cat",), ("dog",), ("Mentions of Paris, France", "Dogs"))]
     terms = search_terms(rows)
     assert terms["paris"] == {3: 4} and terms["cat"] == {3: 1} and terms["dog"] == {3: 2}
+    assert terms["dogs"] == {3: 4}
     html = feature_html(_fake_feature(["a", "b", "c"], "Paris <b>bold</b>"))
     section = html.split('<section class="sx-f"')[1]
     assert section.index("Paris &lt;b&gt;bold&lt;&#47;b&gt;".replace("&#47;", "/")) < section.index(

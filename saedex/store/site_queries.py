@@ -41,25 +41,24 @@ class SiteReader(IndexReader):
 
     def neighbour_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
         """feature -> [(neighbour, cosine)] by rank."""
-        rows = self._rows(
+        return self._by_feature(
             f"SELECT feature, neighbour, cosine FROM neighbours WHERE {_RANGE} "
             "ORDER BY feature, rank",
             [sae_id, lo, hi],
         )
-        out: dict[int, list[tuple]] = defaultdict(list)
-        for feature, neighbour, cosine in rows:
-            out[feature].append((neighbour, cosine))
-        return out
 
     def interval_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
         """feature -> [(interval, low, high, fraction)], highest interval first."""
-        rows = self._rows(
+        return self._by_feature(
             f"SELECT feature, interval, low, high, fraction FROM intervals WHERE {_RANGE} "
             "ORDER BY feature, interval DESC",
             [sae_id, lo, hi],
         )
+
+    def _by_feature(self, sql: str, params: list) -> dict[int, list[tuple]]:
+        """Rows grouped by their first column (the feature), the rest kept in order."""
         out: dict[int, list[tuple]] = defaultdict(list)
-        for feature, *rest in rows:
+        for feature, *rest in self._rows(sql, params):
             out[feature].append(tuple(rest))
         return out
 
