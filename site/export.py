@@ -16,7 +16,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -75,8 +75,10 @@ def export_site(job: SiteJob, progress: bool = True) -> ExportResult:
     entries = _entries(job)
     files = _project_files(entries, job.config)
     rows, written = _export_blocks(job, entries, progress)
+    terms = {e.key: search_terms(rows[e.key]) for e in entries}
+    entries = [replace(e, search_shards=_shard_count(terms[e.key])) for e in entries]
     for entry in entries:
-        files.update(_sae_files(job, entry, entries, rows[entry.key]))
+        files.update(_sae_files(job, entry, entries, rows[entry.key], terms[entry.key]))
     dead = {e.key: sum(1 for r in rows[e.key] if r.n_active == 0) for e in entries}
     files["docs/index.md"] = pages.site_home(entries, dead, job.config.features_per_page)
     written += sum(write_if_changed(job.out / p, t) for p, t in files.items())
@@ -228,13 +230,14 @@ def _guide(info: SaeInfo, cfg: SiteConfig) -> str:
 
 
 def _sae_files(
-    job: SiteJob, entry: SaeEntry, entries: Sequence[SaeEntry], rows: list[FeatureRow]
+    job: SiteJob,
+    entry: SaeEntry,
+    entries: Sequence[SaeEntry],
+    rows: list[FeatureRow],
+    terms: dict[str, dict[int, int]],
 ) -> dict[str, str]:
     """One SAE's documents and data: home, listings, page shell, contexts, vocab, search."""
     cfg, key = job.config, entry.key
-    terms = search_terms(rows)
-    shards = max(1, min(256, math.ceil(sum(map(len, terms.values())) / TERMS_PER_SHARD)))
-    entry = SaeEntry(entry.key, entry.info, entry.l0, entry.quality, shards)
     docs = {
         f"docs/{p}": t
         for p, t in pages.listing_pages(
@@ -248,7 +251,7 @@ def _sae_files(
     docs[f"docs/{key}/features/{pages.SHELL}.md"] = pages.shell_page(
         entries, entry, cfg.features_per_page
     )
-    docs.update(_term_files(key, terms, shards))
+    docs.update(_term_files(key, terms, entry.search_shards))
     with SiteReader(job.db) as reader:
         docs.update(_context_files(reader, entry))
         model = model_key(entry.info.model_name)
@@ -309,6 +312,11 @@ def search_terms(rows: Sequence[FeatureRow]) -> dict[str, dict[int, int]]:
             for w in words(text):
                 add(w, r.index, EXPLAINED)
     return out
+
+
+def _shard_count(terms: dict[str, dict[int, int]]) -> int:
+    postings = sum(map(len, terms.values()))
+    return max(1, min(256, math.ceil(postings / TERMS_PER_SHARD)))
 
 
 def shard_of(key: str, shards: int) -> int:

@@ -3,6 +3,7 @@ compact feature data against the index, escaping, search, re-export, and pages i
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -246,6 +247,23 @@ def test_search_shards_hold_tokens(built, site_db):
         for p in (built / "site" / "data" / SAE).glob("terms-*.js")
     )
     assert total < 200_000
+
+
+def test_search_shards_match_the_forms(tmp_path, site_db, monkeypatch):
+    """Every search box names as many shards as its SAE has files (more than one here)."""
+    from saedex.site import export
+
+    monkeypatch.setattr(export, "TERMS_PER_SHARD", 10)
+    out = tmp_path / "shards"
+    export_site(SiteJob(site_db, (), out, SITE), progress=False)
+    data = out / "docs" / "data"
+    pages = [out / "docs" / "index.md", out / "docs" / SAE / "index.md"]
+    pages += [out / "docs" / SAE / "list" / "index-1.md"]
+    for page in pages:
+        raw = re.findall(r"data-search='([^']*)'", page.read_text())
+        assert raw, page
+        for sae in json.loads(html.unescape(raw[0]))["saes"]:
+            assert sae["shards"] == len(list((data / sae["key"]).glob("terms-*.js"))) > 1
 
 
 def test_explanations_join_search_and_lead_the_page():
