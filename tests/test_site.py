@@ -678,3 +678,15 @@ def test_browser_notebook_html(browser, tmp_path):
     assert not section.find_elements(By.CSS_SELECTOR, "img")
     assert "<img src=x onerror=alert(2)>" in section.text
     print("screenshot:", _screenshot(browser, tmp_path, "notebook.png"))
+
+
+def test_export_does_not_import_torch():
+    """Publishing a site needs no deep-learning stack (the API and site are torch-free)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import saedex.cli, saedex.site.export, saedex.site.build; "
+        "assert 'torch' not in sys.modules and 'saedex.indexer' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
