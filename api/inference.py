@@ -29,6 +29,7 @@ from saedex.indexer.corpus import Document, tokenize_contexts
 from saedex.indexer.indexing import encode_batch
 from saedex.indexer.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, LoadedModel, load_model
 from saedex.indexer.sae import SparseAutoencoder, load_sae
+from saedex.provenance import sae_changed
 from saedex.store.writer import Batch
 
 log = logging.getLogger("saedex.api.inference")
@@ -180,6 +181,9 @@ def _load_sae(info: SaeInfo) -> SparseAutoencoder:
     path = Path(info.sae_path or "")
     if not path.is_dir():
         raise Unavailable(f"the SAE of {info.id!r} is not at {info.sae_path}; cannot run it live")
+    changed = sae_changed(path, info.sae_weights_sha256, info.sae_cfg_sha256)
+    if changed:  # other weights than the index's: live values would not match it
+        raise Unavailable(f"the SAE of {info.id!r} cannot run live: {changed}")
     try:
         return load_sae(path)
     except SaedexError as exc:

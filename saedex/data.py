@@ -32,6 +32,14 @@ class SaeInfo:
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
+    # Provenance (NULL for runs indexed before saedex recorded it; see docs/schema.md).
+    model_fingerprint: str | None = None  # sha256 of the checkpoint (the default model's GGUF)
+    sae_weights_sha256: str | None = None  # of sae_weights.safetensors
+    sae_cfg_sha256: str | None = None  # of cfg.json
+    corpus_fingerprint: str | None = None  # sha256 of the corpus file, or over a directory's
+    saedex_version: str | None = None
+    dtype: str | None = None  # the model's dtype in the run
+    device: str | None = None
 
 
 @dataclass(frozen=True)

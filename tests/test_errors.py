@@ -176,7 +176,7 @@ def test_index_of_another_schema_version(good):
     old = tmp / "old-schema.duckdb"
     shutil.copy(db, old)
     con = duckdb.connect(str(old))
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")  # a newer saedex
     con.close()
     before = dump(old)
     result = run_cli(
@@ -185,9 +185,9 @@ def test_index_of_another_schema_version(good):
     )  # fmt: skip
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert "index schema version 1 is not supported" in lines[0]
+    assert "index schema version 99 is not supported" in lines[0]
     assert dump(old) == before
-    with pytest.raises(SaedexError, match="schema version 1 is not supported"):
+    with pytest.raises(SaedexError, match="schema version 99 is not supported"):
         IndexReader(old)
 
 

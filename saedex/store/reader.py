@@ -29,7 +29,8 @@ from saedex.data import (
 )
 from saedex.errors import SaedexError
 from saedex.store import documents
-from saedex.store.schema import check_version
+from saedex.store.connection import open_db
+from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -37,7 +38,8 @@ _SAE_COLUMNS = (
     "sae_id, model_name, hook_name, hook_layer, architecture, d_in, d_sae, sae_path, corpus, "
     "context_size, prepend_bos, n_documents, n_skipped_documents, n_contexts, n_tokens, "
     "n_excluded_tokens, coalesce(dead_features, 0), status, settings, started_at, finished_at, "
-    "duration_s"
+    "duration_s, model_fingerprint, sae_weights_sha256, sae_cfg_sha256, corpus_fingerprint, "
+    "saedex_version, dtype, device"
 )
 
 
@@ -48,15 +50,7 @@ class IndexReader:
         path = Path(path)
         if not path.exists():
             raise SaedexError(f"index file not found: {path}")
-        try:
-            self._con = duckdb.connect(str(path), read_only=True)
-        except duckdb.Error as exc:
-            raise SaedexError(f"cannot open index {path}: {exc}".splitlines()[0]) from exc
-        try:
-            check_version(self._con, path)
-        except SaedexError:
-            self._con.close()
-            raise
+        self._con = _open_current(path)
         self._vocab: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._model_names: dict[str, str] = {}
@@ -410,6 +404,25 @@ class IndexReader:
             LIMIT $limit
         """
         return self._rows(sql, {"sae": sae_id, "q": query, "limit": limit})
+
+
+def _open_current(path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the file, upgraded first if an earlier saedex wrote it."""
+    con = open_db(path, read_only=True)
+    try:
+        version = check_version(con, path)
+    except SaedexError:
+        con.close()
+        raise
+    if version is None or version == SCHEMA_VERSION:
+        return con
+    con.close()
+    rw = open_db(path)
+    try:
+        ensure_schema(rw, path)
+    finally:
+        rw.close()
+    return open_db(path, read_only=True)
 
 
 def _sae(row: tuple) -> SaeInfo:

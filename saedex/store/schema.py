@@ -12,8 +12,11 @@ from pathlib import Path
 import duckdb
 
 from saedex.errors import SaedexError
+from saedex.store.migrations import MIGRATIONS, upgrade
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions this saedex reads: its own, and every one it has a migration from.
+MIGRATIONS_FROM = {SCHEMA_VERSION, *MIGRATIONS}
 
 TABLES: dict[str, str] = {
     "meta": """
@@ -46,7 +49,14 @@ TABLES: dict[str, str] = {
             settings JSON NOT NULL,
             started_at TIMESTAMP,
             finished_at TIMESTAMP,
-            duration_s DOUBLE NOT NULL DEFAULT 0
+            duration_s DOUBLE NOT NULL DEFAULT 0,
+            model_fingerprint VARCHAR,
+            sae_weights_sha256 VARCHAR,
+            sae_cfg_sha256 VARCHAR,
+            corpus_fingerprint VARCHAR,
+            saedex_version VARCHAR,
+            dtype VARCHAR,
+            device VARCHAR
         )""",
     "vocab": """
         CREATE TABLE IF NOT EXISTS vocab (
@@ -143,6 +153,17 @@ TABLES: dict[str, str] = {
         )""",
 }
 
+# What made a run (saedex.provenance); a rerun or resume must match the first four.
+PROVENANCE_COLUMNS = (
+    "model_fingerprint",
+    "sae_weights_sha256",
+    "sae_cfg_sha256",
+    "corpus_fingerprint",
+    "saedex_version",
+    "dtype",
+    "device",
+)
+
 # Tables a run owns rows in, in the order they are cleared when a run is replaced.
 RUN_TABLES = (
     "examples",
@@ -162,27 +183,32 @@ DERIVED_TABLES = ("examples", "intervals", "neighbours", "feature_logits", "feat
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
-    """Create missing tables; refuse (untouched) a file written with another schema version."""
-    check_version(con, path)
+    """Create missing tables, upgrading a file of an earlier schema version first (one
+    transaction, see migrations.py); refuse (untouched) a file of a newer one."""
+    version = check_version(con, path)
+    if version is not None and version < SCHEMA_VERSION:
+        upgrade(con, path, version, SCHEMA_VERSION)
     for ddl in TABLES.values():
         con.execute(ddl)
-    if stored_version(con) is None:
+    if version is None:
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 
-def check_version(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
-    """Its tables would not match the SQL of this saedex."""
-    version = stored_version(con)
-    if version is not None and version != SCHEMA_VERSION:
+def check_version(con: duckdb.DuckDBPyConnection, path: str | Path, prefix: str = "") -> int | None:
+    """The file's schema version (`prefix`: an attached file's alias and a dot); a newer one
+    than this saedex knows is refused."""
+    version = stored_version(con, prefix)
+    if version is not None and (version > SCHEMA_VERSION or version not in MIGRATIONS_FROM):
         raise SaedexError(
             f"{path}: index schema version {version} is not supported (this saedex reads "
-            f"{SCHEMA_VERSION}); index the corpus again into a new file"
+            f"{SCHEMA_VERSION} and upgrades 1 to {SCHEMA_VERSION - 1}); upgrade saedex"
         )
+    return version
 
 
-def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
+def stored_version(con: duckdb.DuckDBPyConnection, prefix: str = "") -> int | None:
     try:
-        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = con.execute(f"SELECT value FROM {prefix}meta WHERE key = 'schema_version'").fetchone()
     except duckdb.CatalogException:  # a new file
         return None
     return None if row is None else int(row[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +20,8 @@ import duckdb
 import pyarrow as pa
 
 from saedex.config import IndexConfig
-from saedex.store.schema import DERIVED_TABLES, RUN_TABLES, ensure_schema
+from saedex.store.connection import open_db
+from saedex.store.schema import DERIVED_TABLES, PROVENANCE_COLUMNS, RUN_TABLES, ensure_schema
 
 STATUS_PLANNING = "planning"
 STATUS_RUNNING = "running"
@@ -36,6 +37,7 @@ class RunState:
     n_contexts: int
     contexts_done: int
     duration_s: float
+    provenance: dict  # the saes provenance columns (None where not recorded)
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,24 @@ class Batch:
     token_ids: list[list[int]]
 
 
+def run_state(con: duckdb.DuckDBPyConnection, sae_id: str) -> RunState | None:
+    """Where `sae_id`'s run stands in this file, or None if it has none."""
+    row = con.execute(
+        f"SELECT status, settings, n_contexts, contexts_done, duration_s, "
+        f"{', '.join(PROVENANCE_COLUMNS)} FROM saes WHERE sae_id = ?",
+        [sae_id],
+    ).fetchone()
+    if row is None:
+        return None
+    made_of = dict(zip(PROVENANCE_COLUMNS, row[5:], strict=True))
+    return RunState(row[0], json.loads(row[1]), row[2], row[3], row[4], made_of)
+
+
 class IndexWriter:
     """Owns the read-write connection while a run writes into the index file."""
 
     def __init__(self, path: str | Path):
-        self.con = duckdb.connect(str(path))
+        self.con = open_db(path)
         try:
             ensure_schema(self.con, path)
         except BaseException:
@@ -69,14 +84,7 @@ class IndexWriter:
     # -- run lifecycle -------------------------------------------------------------------------
 
     def run_state(self, sae_id: str) -> RunState | None:
-        row = self.con.execute(
-            "SELECT status, settings, n_contexts, contexts_done, duration_s FROM saes "
-            "WHERE sae_id = ?",
-            [sae_id],
-        ).fetchone()
-        if row is None:
-            return None
-        return RunState(row[0], json.loads(row[1]), row[2], row[3], row[4])
+        return run_state(self.con, sae_id)
 
     def delete_run(self, sae_id: str) -> None:
         """Remove every row a run owns, atomically."""
@@ -89,12 +97,14 @@ class IndexWriter:
         run: dict,
         documents: Iterable[dict],
         contexts: Iterable[dict],
+        skipped: Callable[[], int] = lambda: 0,
         chunk: int = 4096,
     ) -> int:
         """Store the run's row, its documents and its tokenised contexts in one transaction.
 
         `run` holds the `saes` columns known up front; `contexts` may be a generator, consumed
-        in chunks so memory stays bounded by `chunk`, not by the corpus.
+        in chunks so memory stays bounded by `chunk`, not by the corpus. `skipped` counts the
+        documents the corpus reader skipped, once the contexts are consumed (same transaction).
         """
         with self._transaction():
             for table in RUN_TABLES:
@@ -106,17 +116,12 @@ class IndexWriter:
             n_contexts = self._insert_chunked("contexts", contexts, chunk)
             self._insert_chunked("documents", documents, chunk)
             self.con.execute(
-                "UPDATE saes SET status = ?, n_contexts = ?, "
+                "UPDATE saes SET status = ?, n_contexts = ?, n_skipped_documents = ?, "
                 "n_documents = (SELECT count(*) FROM documents WHERE sae_id = ?) "
                 "WHERE sae_id = ?",
-                [STATUS_RUNNING, n_contexts, run["sae_id"], run["sae_id"]],
+                [STATUS_RUNNING, n_contexts, skipped(), run["sae_id"], run["sae_id"]],
             )
         return n_contexts
-
-    def set_skipped_documents(self, sae_id: str, n_skipped: int) -> None:
-        self.con.execute(
-            "UPDATE saes SET n_skipped_documents = ? WHERE sae_id = ?", [n_skipped, sae_id]
-        )
 
     def vocab_size(self, model_name: str) -> int:
         """Token strings already stored for a model (0 if none)."""
@@ -135,9 +140,7 @@ class IndexWriter:
         )
         with self._transaction():
             self.con.execute("DELETE FROM vocab WHERE model_name = ?", [model_name])
-            self.con.register("_vocab", table)
-            self.con.execute("INSERT INTO vocab SELECT * FROM _vocab")
-            self.con.unregister("_vocab")
+            insert_arrow(self.con, "vocab", table)
 
     # -- the pass ------------------------------------------------------------------------------
 
@@ -234,11 +237,7 @@ class IndexWriter:
         return total
 
     def _insert_rows(self, table: str, rows: list[dict]) -> int:
-        arrow = pa.Table.from_pylist(rows)
-        self.con.register("_rows", arrow)
-        cols = ", ".join(arrow.column_names)
-        self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows")
-        self.con.unregister("_rows")
+        insert_arrow(self.con, table, pa.Table.from_pylist(rows))
         return len(rows)
 
     def _transaction(self):
@@ -289,13 +288,9 @@ class PassWriter:
         if not self._open:
             self.con.execute("BEGIN TRANSACTION")
             self._open = True
-        self.con.register("_acts", activations)
-        self.con.execute("INSERT INTO activations SELECT ?, * FROM _acts", [self.sae_id])
-        self.con.unregister("_acts")
+        insert_arrow(self.con, "activations", activations, self.sae_id)
         if excluded.num_rows:
-            self.con.register("_excl", excluded)
-            self.con.execute("INSERT INTO excluded_tokens SELECT ?, * FROM _excl", [self.sae_id])
-            self.con.unregister("_excl")
+            insert_arrow(self.con, "excluded_tokens", excluded, self.sae_id)
         pending = self._pending
         pending.contexts_done = contexts_done
         pending.n_tokens += n_tokens
@@ -315,6 +310,22 @@ class PassWriter:
         self.con.execute("COMMIT")
         self._open = False
         self._pending = _Progress()
+
+
+def insert_arrow(
+    con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, sae_id: str | None = None
+) -> None:
+    """Insert an Arrow table's columns by name (never by position), with `sae_id` if given."""
+    cols = ", ".join(rows.column_names)
+    key, params = ("sae_id, ", [sae_id]) if sae_id is not None else ("", [])
+    con.register("_rows", rows)
+    try:
+        con.execute(
+            f"INSERT INTO {table} ({key}{cols}) SELECT {'?, ' if key else ''}{cols} FROM _rows",
+            params,
+        )
+    finally:
+        con.unregister("_rows")
 
 
 @contextmanager

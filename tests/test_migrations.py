@@ -1,0 +1,150 @@
+"""Indexes written by earlier saedex versions open, upgraded in place, never half-migrated.
+
+tests/data holds a schema-1 and a schema-2 file made by those versions (tests/data/
+make_schema2.py says how); each upgrades to the records a fresh index of the same inputs has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from saedex.errors import SaedexError
+from saedex.indexer.indexing import IndexJob, run_index
+from saedex.store import SCHEMA_VERSION, IndexReader
+from saedex.store.schema import stored_version
+from tests.data.make_schema2 import SETTINGS, write_inputs
+
+DATA = Path(__file__).parent / "data"
+# What differs between two runs of the same inputs, or was not recorded before schema 3.
+NOT_COMPARED = {
+    "model_name", "sae_path", "corpus", "started_at", "finished_at", "duration_s", "model_fingerprint",
+    "sae_weights_sha256", "sae_cfg_sha256", "corpus_fingerprint", "saedex_version", "dtype",
+    "device",
+}  # fmt: skip
+
+
+def unpack(version: int, into: Path) -> Path:
+    path = into / f"schema{version}.duckdb"
+    with gzip.open(DATA / f"schema{version}.duckdb.gz") as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return path
+
+
+def version_of(path: Path) -> int:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return stored_version(con)
+    finally:
+        con.close()
+
+
+def rounded(value):
+    """Records with floats to 5 significant digits (another CPU may differ in the last bits)."""
+    if dataclasses.is_dataclass(value):
+        return rounded(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items() if k not in NOT_COMPARED}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    return value
+
+
+def records(path: Path) -> dict:
+    """Every record the API and the site read from the index."""
+    with IndexReader(path) as reader:
+        (info,) = reader.saes()
+        features = [reader.feature(info.id, i) for i in range(info.d_sae)]
+        page = reader.list_features(info.id, "density", True, limit=64)
+        return rounded({"sae": info, "features": features, "page": page})
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> dict:
+    """A fresh index of the inputs the stored files were made from."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    model, sae, corpus = write_inputs(tmp)
+    db = tmp / "fresh.duckdb"
+    run_index(IndexJob(str(model), str(sae), str(corpus), db, config=SETTINGS), False)
+    return records(db)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_stored_old_index_upgrades_to_the_fresh_records(version, fresh, tmp_path):
+    path = unpack(version, tmp_path)
+    assert version_of(path) == version
+    got = records(path)  # opening it upgrades it
+    assert version_of(path) == SCHEMA_VERSION
+    assert got == fresh
+    assert records(path) == fresh  # and it opens again as it is
+
+
+def test_newer_index_is_refused_untouched(tmp_path):
+    path = unpack(2, tmp_path)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(SaedexError, match="schema version 99 is not supported"):
+        IndexReader(path)
+    assert path.read_bytes() == before
+
+
+# Runs the upgrade in a child and SIGKILLs it itself after `n` statements of the last step, so
+# the kill lands inside the migration's transaction at a known point.
+KILL_INSIDE = """
+import os, signal, sys
+from saedex.store import migrations
+from saedex.store.schema import SCHEMA_VERSION
+
+class KillAfter:
+    def __init__(self, statements, n):
+        self.statements, self.n = statements, n
+    def __iter__(self):
+        for i, sql in enumerate(self.statements):
+            if i == self.n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield sql
+        os.kill(os.getpid(), signal.SIGKILL)
+
+step = SCHEMA_VERSION - 1
+migrations.MIGRATIONS[step] = KillAfter(migrations.MIGRATIONS[step], int(sys.argv[2]))
+from saedex.store import IndexReader
+IndexReader(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("n", [0, 1, 3, 99])
+def test_kill_inside_the_migration_leaves_the_old_file(version, n, fresh, tmp_path):
+    path = unpack(version, tmp_path)
+    proc = subprocess.run([sys.executable, "-c", KILL_INSIDE, str(path), str(n)])
+    assert proc.returncode == -signal.SIGKILL
+    assert version_of(path) == version  # nothing of the upgrade committed
+    assert records(path) == fresh  # and it upgrades on the next open
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.8, 1.6])
+def test_kill_at_any_time_leaves_old_or_new(delay, fresh, tmp_path):
+    """SIGKILL from outside at several moments (importing, upgrading, checkpointing, done)."""
+    path = unpack(1, tmp_path)
+    code = "import sys; from saedex.store import IndexReader; IndexReader(sys.argv[1])"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert version_of(path) in (1, SCHEMA_VERSION)
+    assert records(path) == fresh
