@@ -12,6 +12,7 @@ strings as text only (DOM text nodes), never as markup.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ def _marker(whitespace: str) -> str:
     return "".join(_MARKERS.get(c, "\u00b7") for c in whitespace)
 
 
+@functools.lru_cache(maxsize=1 << 17)  # a vocabulary's worth: pages repeat the same tokens
 def token_html(token: str) -> str:
     """A token's escaped text with whitespace runs shown as faint ␣ / ↵ / ⇥ markers."""
     if not token:
@@ -52,6 +54,7 @@ def token_html(token: str) -> str:
     return _WHITESPACE.sub(lambda m: f"<i>{_marker(m.group())}</i>", esc(token))
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def plain_token(token: str) -> str:
     """A token as escaped text on one line, whitespace as plain markers (search, tables)."""
     return esc(_WHITESPACE.sub(lambda m: _marker(m.group()), token)) if token else "\u2205"
