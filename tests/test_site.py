@@ -99,8 +99,8 @@ def _busiest_feature(db: Path, sae_id: str) -> int:
         return reader.list_features(sae_id, "density", descending=True, limit=1).items[0].index
 
 
-def _block_data(site: Path, key: str, index: int) -> dict:
-    html = (site / key / "features" / f"{index // PER}.html").read_text()
+def _block_data(site: Path, key: str, index: int, per: int = PER) -> dict:
+    html = (site / key / "features" / f"{index // per}.html").read_text()
     raw = re.search(r'<script type="application/json" id="sx-data">(.*?)</script>', html, re.S)
     return json.loads(raw.group(1))
 
@@ -113,6 +113,21 @@ def _contexts(site: Path, key: str) -> dict[int, list]:
         for k, row in enumerate(json.loads(m.group(2))):
             out[int(m.group(1)) + k] = row
     return out
+
+
+def feature_examples(site: Path, key: str, index: int, per: int = PER) -> list[dict]:
+    """A feature's top examples as its built page holds them: the text of each context (BOS
+    left out) and the values of its active tokens."""
+    block = _block_data(site, key, index, per)
+    f = next(x for x in block["features"] if x["i"] == index)
+    vocab_js = (site / "data" / f"vocab-{block['model']}.js").read_text()
+    vocab = json.loads(re.fullmatch(r'saedex\.vocab\("[^"]+",(.*)\);\n', vocab_js, re.S).group(1))
+    contexts = _contexts(site, key)
+    first = block["page"]["first"]
+    return [
+        {"text": "".join(vocab[t] for t in contexts[ref][3][first:]), "values": values}
+        for ref, _, _, _, values in f["ex"]
+    ]
 
 
 def _r3(values) -> list[float]:
