@@ -282,7 +282,7 @@ def _context_files(reader: SiteReader, entry: SaeEntry) -> dict[str, str]:
 
 # -- search ------------------------------------------------------------------------------------
 
-FIRES, PROMOTES, EXPLAINED = 1, 2, 4
+FIRES, PROMOTES, EXPLAINED, FIRST = 1, 2, 4, 8  # FIRST: the strongest token of its list
 
 
 def term(text: str) -> str:
@@ -295,8 +295,9 @@ def words(text: str) -> list[str]:
 
 
 def search_terms(rows: Sequence[FeatureRow]) -> dict[str, dict[int, int]]:
-    """term -> {feature: FIRES | PROMOTES | EXPLAINED}: whole tokens a feature fires on or
-    promotes, and the words of its explanation."""
+    """term -> {feature: FIRES | PROMOTES | EXPLAINED | FIRST}: whole tokens a feature fires on
+    or promotes (FIRST when it leads the list, so search ranks it higher), and the words of its
+    explanations."""
     out: dict[str, dict[int, int]] = defaultdict(dict)
 
     def add(key: str, index: int, flag: int) -> None:
@@ -304,10 +305,10 @@ def search_terms(rows: Sequence[FeatureRow]) -> dict[str, dict[int, int]]:
             out[key][index] = out[key].get(index, 0) | flag
 
     for r in rows:
-        for t in r.top_tokens:
-            add(term(t), r.index, FIRES)
-        for t in r.top_logits:
-            add(term(t), r.index, PROMOTES)
+        for k, t in enumerate(r.top_tokens):
+            add(term(t), r.index, FIRES | (FIRST if k == 0 else 0))
+        for k, t in enumerate(r.top_logits):
+            add(term(t), r.index, PROMOTES | (FIRST if k == 0 else 0))
         for text in r.explanations:
             for w in words(text):
                 add(w, r.index, EXPLAINED)

@@ -261,7 +261,7 @@
       }));
       for (const [i, s] of score) {
         const why = Object.entries(FLAGS).filter(([b]) => s.flags & b).map(([, w]) => w).join(", ");
-        found.push({ sae, i, why, score: s.keys * 8 + (s.flags & 4 ? 3 : 0) + (s.flags & 1 ? 2 : 0) + (s.flags & 2 ? 1 : 0), href: href(i) });
+        found.push({ sae, i, why, score: s.keys * 16 + (s.flags & 8 ? 6 : 0) + (s.flags & 4 ? 3 : 0) + (s.flags & 1 ? 2 : 0) + (s.flags & 2 ? 1 : 0), href: href(i) });
       }
     }
     return found.sort((a, b) => b.score - a.score || a.i - b.i).slice(0, 50);
