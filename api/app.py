@@ -1,4 +1,5 @@
-"""The ASGI app: GraphQL (and GraphiQL) at /graphql, the REST mirror under /api/.
+"""The ASGI app: GraphQL (and GraphiQL) at /graphql, the REST mirror under /api/, the
+package's static files (GraphiQL's vendored assets) under /-/static/.
 
 All state is built here and passed down explicitly: the reader, the limits, the inference
 engine. Nothing is module-global, so tests can run several apps side by side.
@@ -18,11 +19,14 @@ from starlette.routing import Route
 from strawberry.asgi import GraphQL
 from strawberry.types import ExecutionResult
 
+from saedex.api import graphiql
 from saedex.api.access_log import AccessLog
 from saedex.api.access_log import configure as configure_access_log
 from saedex.api.context import ApiState, Context
+from saedex.api.cost import ListSizes
 from saedex.api.errors import INTERNAL
 from saedex.api.inference import InferenceEngine
+from saedex.api.limits import BodySizeLimit
 from saedex.api.rest import RestApi, error
 from saedex.api.schema import Schema, build_schema
 from saedex.config import ServeConfig
@@ -38,6 +42,10 @@ class GraphQLApp(GraphQL):
 
     async def get_context(self, request: object, response: object) -> Context:
         return Context.new(self.state)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL page, whose assets the package serves (strawberry's uses a CDN)."""
+        return graphiql.page(request, graphiql.example_query(list(self.state.saes)))
 
     async def process_result(self, request: Request, result: ExecutionResult) -> dict:
         """As strawberry's, but with no `data` key when the request failed before execution
@@ -56,11 +64,12 @@ def create_app(
     if config.inference and inference is None:
         inference = InferenceEngine(config.device)
     state = ApiState.load(reader, config, inference if config.inference else None)
-    schema = build_schema(config)
+    schema = build_schema(config, ListSizes.of(state.saes.values(), config))
     graphql = GraphQLApp(schema, state)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         *RestApi(schema, state).routes(),
+        graphiql.static_mount(),
     ]
     middleware = [Middleware(AccessLog)]
     if config.cors_origins:
@@ -72,14 +81,16 @@ def create_app(
                 allow_headers=["content-type"],
             )
         )
+    middleware.append(Middleware(BodySizeLimit, max_bytes=config.max_body_bytes))
     handlers = {HTTPException: http_error, Exception: internal_error}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """404/405 and friends as JSON, like every other error the API returns."""
+    """404/405 and friends as JSON, like every other error the API returns (with their headers:
+    a 405 names the allowed methods in `Allow`)."""
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, str(exc.detail), "HTTP_ERROR")
+    return error(exc.status_code, str(exc.detail), "HTTP_ERROR", headers=exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

@@ -79,11 +79,20 @@ def _read_file(path: Path, stats: CorpusStats, split: str | None, doc_prefix: st
             continue
         stats.documents += 1
         yield Document(
-            doc_id=str(row.get("id") or row.get("doc_id") or f"{doc_prefix}#{i}"),
+            doc_id=_doc_id(row, f"{doc_prefix}#{i}"),
             source=str(row.get("source") or doc_prefix),
             text=text,
             licence=row.get("licence") or row.get("license"),
         )
+
+
+def _doc_id(row: dict, fallback: str) -> str:
+    """The row's own `id` or `doc_id` (0 and "" are ids too), else its place in the file."""
+    for key in ("id", "doc_id"):
+        value = row.get(key)
+        if value is not None and str(value).strip():
+            return str(value)
+    return fallback
 
 
 def _text_rows(path: Path, stats: CorpusStats, doc_id: str):
@@ -111,7 +120,8 @@ def _jsonl_rows(path: Path, stats: CorpusStats):
             if not isinstance(row, dict):
                 stats.skip("not an object")
                 continue
-            row.setdefault("id", f"{path.name}:{line_no}")
+            if _doc_id(row, "") == "":  # a row without its own id is named by its line
+                row["id"] = f"{path.name}:{line_no}"
             yield row
 
 

@@ -24,6 +24,14 @@ ARCHITECTURES = ("standard", "topk", "jumprelu")
 DEFAULT_SAE = "default"
 DEFAULT_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-res6"
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.")
+# Hooks whose activations are not d_model-wide residual-stream vectors: attention's per-head
+# queries, keys, values, z and patterns, and the MLP's hidden layer. An SAE there has decoder
+# directions the logit lens cannot read (they are not in the residual stream).
+_NOT_RESIDUAL_RE = re.compile(
+    r"\.(attn\.)?hook_(z|q|k|v|rot_q|rot_k|pattern|attn_scores|result)$"
+    r"|\.mlp\.hook_(pre|post|pre_linear)$"
+)
+RESIDUAL_HOOKS = "hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out"
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,16 @@ class SaeConfig:
     @property
     def hook_layer(self) -> int:
         return hook_layer(self.hook_name)
+
+
+def check_indexable(cfg: SaeConfig) -> None:
+    """Refuse an SAE on a hook the indexer cannot read as the residual stream, naming the hook
+    (else it fails later with a width mismatch that blames the model)."""
+    if _NOT_RESIDUAL_RE.search(cfg.hook_name):
+        raise SaedexError(
+            f"SAE hook {cfg.hook_name!r} is not in the residual stream: saedex indexes SAEs on "
+            f"{RESIDUAL_HOOKS} hooks, whose decoder directions the logit lens can read"
+        )
 
 
 def hook_layer(hook_name: str) -> int:
@@ -170,6 +188,12 @@ def parse_cfg(raw: dict, where: Path | str = "cfg.json") -> SaeConfig:
     norm = raw.get("normalize_activations", "none") or "none"
     if norm != "none":
         raise SaedexError(f"unsupported normalize_activations={norm!r} in {where}")
+    reshape = raw.get("reshape_activations", "none") or "none"
+    if reshape != "none":
+        raise SaedexError(
+            f"unsupported reshape_activations={reshape!r} in {where}: saedex runs SAEs on a "
+            f"hook's activations as they are ({RESIDUAL_HOOKS} hooks)"
+        )
     hook_name = meta.get("hook_name") or raw.get("hook_name") or raw.get("hook_point")
     if not hook_name:
         raise SaedexError(f"SAE config names no hook (metadata.hook_name) in {where}")

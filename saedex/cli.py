@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saedex.config import IndexConfig
+from saedex.config import IndexConfig, ServeConfig, SiteConfig, TrainConfig
 from saedex.errors import SaedexError
+from saedex.options import config_options
 
 app = typer.Typer(
     help="saedex: index SAE features into DuckDB, serve them over GraphQL, publish a site.",
@@ -23,7 +24,14 @@ corpus_app = typer.Typer(help="The default corpus.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 console = Console(stderr=True)
 
-_DEFAULTS = IndexConfig()
+# Options several commands share, declared once.
+Model = Annotated[str, typer.Option(help='"default", a local HF model directory, or a model name.')]
+Corpus = Annotated[
+    str,
+    typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
+]
+Device = Annotated[str | None, typer.Option(help="cuda, cpu, ... (default: cuda if present).")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 def user_errors(fn):
@@ -45,58 +53,25 @@ def user_errors(fn):
 
 @app.command()
 @user_errors
+@config_options("config", IndexConfig)
 def index(
     db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
-    model: Annotated[
-        str, typer.Option(help='"default", a local HF model directory, or a model name.')
-    ] = "default",
+    config: IndexConfig,
+    model: Model = "default",
     sae: Annotated[
         str, typer.Option(help='"default" or an SAE directory in SAELens format.')
     ] = "default",
-    corpus: Annotated[
-        str,
-        typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
-    ] = "default",
+    corpus: Corpus = "default",
     sae_id: Annotated[
-        str | None, typer.Option(help="Name of this index in the file [default: SAE dir name].")
+        str | None,
+        typer.Option(help="Name of this index in the file (default: the SAE directory's name)."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cuda, cpu, ... [default: cuda if present].")
-    ] = None,
+    device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
-    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = _DEFAULTS.context_size,
-    bos: Annotated[
-        bool, typer.Option(help="Prepend BOS to every context.")
-    ] = _DEFAULTS.prepend_bos,
-    batch_size: Annotated[
-        int, typer.Option(help="Contexts per model batch.")
-    ] = _DEFAULTS.batch_size,
-    commit_interval: Annotated[
-        float, typer.Option(help="Seconds between commits during the pass (a kill loses less).")
-    ] = _DEFAULTS.commit_interval_s,
-    top_k: Annotated[int, typer.Option(help="Top examples per feature.")] = _DEFAULTS.top_k,
-    n_intervals: Annotated[
-        int, typer.Option(help="Equal-width activation intervals.")
-    ] = _DEFAULTS.n_intervals,
-    examples_per_interval: Annotated[int, typer.Option()] = _DEFAULTS.examples_per_interval,
-    n_neighbours: Annotated[
-        int, typer.Option(help="Nearest neighbours kept per feature.")
-    ] = _DEFAULTS.n_neighbours,
-    sink_norm_multiple: Annotated[
-        float,
-        typer.Option(help="Skip tokens whose norm exceeds this x their context median (0: off)."),
-    ] = _DEFAULTS.sink_norm_multiple,
-    max_documents: Annotated[
-        int | None, typer.Option(help="Index only the first N documents.")
-    ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Stop after about N corpus tokens.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for interval sampling.")] = _DEFAULTS.seed,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing index of this SAE id.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
@@ -105,21 +80,7 @@ def index(
     from saedex.indexer.indexing import IndexJob, run_index
     from saedex.memory import keep_freed_memory
 
-    cfg = IndexConfig(
-        context_size=context_size,
-        prepend_bos=bos,
-        batch_size=batch_size,
-        commit_interval_s=commit_interval,
-        top_k=top_k,
-        n_intervals=n_intervals,
-        examples_per_interval=examples_per_interval,
-        n_neighbours=n_neighbours,
-        sink_norm_multiple=sink_norm_multiple,
-        max_documents=max_documents,
-        max_tokens=max_tokens,
-        seed=seed,
-    )
-    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, cfg)
+    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, config)
     keep_freed_memory()
     info = run_index(job, progress=not quiet)
     console.print(
@@ -146,9 +107,9 @@ def info(db: Annotated[Path, typer.Option(help="DuckDB index file.")]):
 @user_errors
 def corpus_build(
     out: Annotated[
-        Path | None, typer.Option(help="Parquet file to write [default: the user cache].")
+        Path | None, typer.Option(help="Parquet file to write (default: the user cache).")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Build the default corpus from real text that pip packages ship (deterministic)."""
     from saedex.indexer.default_corpus import build_default_corpus, corpus_stats
@@ -160,82 +121,28 @@ def corpus_build(
 
 # -- train-sae (saedex.indexer.training) --
 
-from saedex.config import TrainConfig  # noqa: E402 (this section's own import)
-
-_TRAIN = TrainConfig()
-
 
 @app.command("train-sae")
 @user_errors
+@config_options("config", TrainConfig)
 def train_sae(
     out: Annotated[Path, typer.Option(help="Directory for the SAE, checkpoints and report.")],
     hook: Annotated[str, typer.Option(help="Hook to train on, e.g. blocks.6.hook_resid_post.")],
-    model: Annotated[
-        str, typer.Option(help='"default", a local HF model directory, or a model name.')
-    ] = "default",
-    corpus: Annotated[
-        str, typer.Option(help='"default", a text file, a directory, JSONL or Parquet.')
-    ] = "default",
-    architecture: Annotated[
-        str, typer.Option(help="topk (with AuxK) or standard (ReLU + L1).")
-    ] = _TRAIN.architecture,
-    d_sae: Annotated[int, typer.Option(help="Number of latents.")] = _TRAIN.d_sae,
-    k: Annotated[int, typer.Option(help="Active latents per token (topk).")] = _TRAIN.k,
-    l1_coefficient: Annotated[
-        float, typer.Option(help="L1 penalty, in units of the data's norm (standard).")
-    ] = _TRAIN.l1_coefficient,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = _TRAIN.lr,
-    total_tokens: Annotated[
-        int, typer.Option(help="Training tokens (the corpus repeats if shorter).")
-    ] = _TRAIN.total_tokens,
-    corpus_tokens: Annotated[
-        int | None,
-        typer.Option(help="Use only the first N training tokens (epochs repeat them)."),
-    ] = _TRAIN.corpus_tokens,
+    config: TrainConfig,
+    model: Model = "default",
+    corpus: Corpus = "default",
     activation_cache: Annotated[
         Path | None,
         typer.Option(help="Keep activations here (fp16) so later epochs skip the model."),
     ] = None,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per SAE step.")] = _TRAIN.batch_tokens,
-    buffer_tokens: Annotated[
-        int, typer.Option(help="Shuffling buffer size in tokens (bounds memory).")
-    ] = _TRAIN.buffer_tokens,
-    model_batch_size: Annotated[
-        int, typer.Option(help="Contexts per model batch.")
-    ] = _TRAIN.model_batch_size,
-    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = _TRAIN.context_size,
-    bos: Annotated[bool, typer.Option(help="Prepend BOS to every context.")] = _TRAIN.prepend_bos,
-    sink_norm_multiple: Annotated[
-        float,
-        typer.Option(help="Skip tokens whose norm exceeds this x their context median (0: off)."),
-    ] = _TRAIN.sink_norm_multiple,
-    aux_k: Annotated[int, typer.Option(help="Dead latents used by AuxK.")] = _TRAIN.aux_k,
-    aux_coefficient: Annotated[
-        float, typer.Option(help="Weight of the AuxK loss.")
-    ] = _TRAIN.aux_coefficient,
-    dead_tokens: Annotated[
-        int, typer.Option(help="A latent silent this many tokens is dead (AuxK).")
-    ] = _TRAIN.dead_tokens,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Steps between checkpoints.")
-    ] = _TRAIN.checkpoint_every,
-    eval_tokens: Annotated[
-        int, typer.Option(help="Held-out tokens for the report.")
-    ] = _TRAIN.eval_tokens,
-    ce_eval_tokens: Annotated[
-        int, typer.Option(help="Held-out tokens for CE loss recovered (3 full forwards).")
-    ] = _TRAIN.ce_eval_tokens,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = _TRAIN.seed,
-    device: Annotated[
-        str | None, typer.Option(help="cuda, cpu, ... [default: cuda if present].")
-    ] = None,
+    device: Device = None,
     save_dtype: Annotated[
         str, typer.Option(help="Weights dtype on disk: float32, bfloat16 or float16.")
     ] = "float32",
     resume: Annotated[
         bool, typer.Option(help="Continue from OUT/checkpoints if present (else start over).")
     ] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Train a TopK or ReLU SAE on a model hook; writes SAELens format and a held-out report.
 
@@ -244,65 +151,20 @@ def train_sae(
     from saedex.indexer.training import TrainJob
     from saedex.indexer.training import train_sae as run_training
 
-    cfg = TrainConfig(
-        architecture=architecture,
-        d_sae=d_sae,
-        k=k,
-        l1_coefficient=l1_coefficient,
-        lr=lr,
-        batch_tokens=batch_tokens,
-        total_tokens=total_tokens,
-        corpus_tokens=corpus_tokens,
-        context_size=context_size,
-        prepend_bos=bos,
-        model_batch_size=model_batch_size,
-        buffer_tokens=buffer_tokens,
-        aux_k=aux_k,
-        aux_coefficient=aux_coefficient,
-        dead_tokens=dead_tokens,
-        sink_norm_multiple=sink_norm_multiple,
-        checkpoint_every=checkpoint_every,
-        eval_tokens=eval_tokens,
-        ce_eval_tokens=ce_eval_tokens,
-        seed=seed,
-    )
-    job = TrainJob(model, hook, corpus, out, device, save_dtype, activation_cache, cfg)
+    job = TrainJob(model, hook, corpus, out, device, save_dtype, activation_cache, config)
     report = run_training(job, progress=not quiet, resume=resume)
     console.print(f"SAE in {out}; {report.summary()}", highlight=False)
 
 
 # -- serve (saedex.api) --
 
-from saedex.config import ServeConfig  # noqa: E402 (this section's own import)
-
-_SERVE = ServeConfig()
-
 
 @app.command()
 @user_errors
+@config_options("config", ServeConfig)
 def serve(
     db: Annotated[Path, typer.Option(help="DuckDB index file (opened read-only).")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = _SERVE.port,
-    inference: Annotated[
-        bool,
-        typer.Option(help="Allow live activeFeatures (loads the model on first use)."),
-    ] = _SERVE.inference,
-    device: Annotated[
-        str | None, typer.Option(help="Device for live inference (default: cuda if present).")
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None, typer.Option(help="An origin allowed by CORS (repeatable; * for any).")
-    ] = None,
-    max_text_chars: Annotated[
-        int, typer.Option(help="Longest text activeFeatures accepts.")
-    ] = _SERVE.max_text_chars,
-    max_page_size: Annotated[
-        int, typer.Option(help="Largest `first` a query may ask for.")
-    ] = _SERVE.max_page_size,
-    max_query_depth: Annotated[
-        int, typer.Option(help="Deepest GraphQL query accepted.")
-    ] = _SERVE.max_query_depth,
+    config: ServeConfig,
     threads: Annotated[
         int | None,
         typer.Option(help="Torch threads for live inference (1 is steadiest on a busy machine)."),
@@ -311,17 +173,7 @@ def serve(
     """Serve an index: GraphQL (GraphiQL) at /graphql, REST under /api/ (see docs/api.md)."""
     from saedex.api.app import serve as run_server
 
-    config = ServeConfig(
-        host=host,
-        port=port,
-        max_page_size=max_page_size,
-        max_query_depth=max_query_depth,
-        max_text_chars=max_text_chars,
-        inference=inference,
-        device=device,
-        cors_origins=tuple(cors_origin or ()),
-    )
-    console.print(f"serving {db} on http://{host}:{port}/graphql (REST: /api/)")
+    console.print(f"serving {db} on http://{config.host}:{config.port}/graphql (REST: /api/)")
     run_server(db, config, threads)
 
 
@@ -330,31 +182,26 @@ def serve(
 
 @app.command("export-site")
 @user_errors
+@config_options("config", SiteConfig)
 def export_site_command(
     db: Annotated[Path, typer.Option(help="DuckDB index file.")],
     out: Annotated[Path, typer.Option(help="Folder for the MkDocs project.")],
+    config: SiteConfig,
     sae: Annotated[
         list[str] | None,
-        typer.Option(help="SAE id in the index, repeatable [default: every finished SAE]."),
+        typer.Option(help="SAE id in the index, repeatable; without it, every finished SAE."),
     ] = None,
     build: Annotated[bool, typer.Option(help="Also run `mkdocs build` into OUT/site.")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="Processes rendering pages [default: CPU count].")
-    ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Export an index's SAEs as one static MkDocs Material site: a home listing them, and per
     SAE its listings, feature pages and search.
 
     Re-running rewrites only the files whose content changed.
     """
-    from dataclasses import replace
-
-    from saedex.config import SiteConfig
     from saedex.site.export import SiteJob, export_site
 
-    cfg = SiteConfig() if workers is None else replace(SiteConfig(), workers=max(1, workers))
-    result = export_site(SiteJob(db, tuple(sae or ()), out, cfg, build), progress=not quiet)
+    result = export_site(SiteJob(db, tuple(sae or ()), out, config, build), progress=not quiet)
     console.print(
         f"exported {len(result.saes)} SAE(s), {result.pages:,} pages ({result.written:,} files "
         f"written, {result.removed:,} removed) in {result.export_s:.1f}s -> {result.project}"
@@ -423,7 +270,7 @@ def demo(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve when ready (--no-serve: build only).")] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Everything on the embedded default: corpus, index, site; then serve API + site.
 

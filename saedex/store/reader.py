@@ -30,6 +30,7 @@ from saedex.data import (
 from saedex.errors import SaedexError
 from saedex.store import documents
 from saedex.store.connection import open_db
+from saedex.store.deadline import interruptible
 from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -68,7 +69,8 @@ class IndexReader:
     def _rows(self, sql: str, params: list | dict | None = None) -> list[tuple]:
         cur = self._con.cursor()
         try:
-            return cur.execute(sql, params or []).fetchall()
+            with interruptible(cur):  # a request's deadline (store/deadline.py) can stop it
+                return cur.execute(sql, params or []).fetchall()
         finally:
             cur.close()
 
@@ -150,7 +152,7 @@ class IndexReader:
         )
         out: dict[int, list[Neighbour]] = defaultdict(list)
         for feature, neighbour, cosine in rows:
-            out[feature].append(Neighbour(neighbour, cosine))
+            out[feature].append(Neighbour(sae_id, neighbour, cosine))
         return {i: out.get(i, []) for i in indices}
 
     def top_examples(
