@@ -192,22 +192,26 @@ def serve(
 @config_options("config", SiteConfig)
 def export_site_command(
     db: Annotated[Path, typer.Option(help="DuckDB index file.")],
-    sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
     out: Annotated[Path, typer.Option(help="Folder for the MkDocs project.")],
     config: SiteConfig,
+    sae: Annotated[
+        list[str] | None,
+        typer.Option(help="SAE id in the index, repeatable; without it, every finished SAE."),
+    ] = None,
     build: Annotated[bool, typer.Option(help="Also run `mkdocs build` into OUT/site.")] = False,
     quiet: Quiet = False,
 ):
-    """Export an index as a static MkDocs Material site: one dashboard page per feature.
+    """Export an index's SAEs as one static MkDocs Material site: a home listing them, and per
+    SAE its listings, feature pages and search.
 
-    Re-running rewrites only the pages whose content changed.
+    Re-running rewrites only the files whose content changed.
     """
     from saedex.site.export import SiteJob, export_site
 
-    result = export_site(SiteJob(db, sae, out, config, build), progress=not quiet)
+    result = export_site(SiteJob(db, tuple(sae or ()), out, config, build), progress=not quiet)
     console.print(
-        f"exported {result.pages:,} pages ({result.written:,} written, {result.removed:,} "
-        f"removed) in {result.export_s:.1f}s -> {result.project}"
+        f"exported {len(result.saes)} SAE(s), {result.pages:,} pages ({result.written:,} files "
+        f"written, {result.removed:,} removed) in {result.export_s:.1f}s -> {result.project}"
     )
     if result.site_dir is not None:
         console.print(

@@ -252,6 +252,13 @@ class SiteConfig:
         min=1,
         default_text="CPU count",
     )
+    # -- site issue 14: feature pages in blocks --
+    features_per_page: int = setting(
+        32,
+        "Features per feature page file (each shown at its own #f<index> anchor): fewer files "
+        "for wide SAEs, at the cost of larger pages.",
+        min=1,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
