@@ -19,6 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from saedex.api.app import create_app
+from saedex.api.inference import InferenceEngine
 from saedex.config import IndexConfig, ServeConfig
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
