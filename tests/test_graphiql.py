@@ -18,7 +18,7 @@ from saedex.api.app import create_app
 from saedex.api.graphiql import ASSETS, STATIC_DIR
 from saedex.config import ServeConfig
 from tests.browser import CHROMEDRIVER, CHROMIUM, OFFLINE, chromium
-from tests.test_api import SAE, api_db, reader  # noqa: F401
+from tests.conftest import API_SAE as SAE
 
 
 @pytest.fixture(scope="module")

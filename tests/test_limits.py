@@ -19,7 +19,7 @@ from saedex.api.cost import BOUNDS, ListSizes
 from saedex.api.rest import endpoints
 from saedex.api.schema import build_schema
 from saedex.config import ServeConfig
-from tests.test_api import EXAMPLE, SAE, api_db, data, engine, gql, reader  # noqa: F401, F811
+from tests.test_api import EXAMPLE, SAE, data, gql
 
 ISSUE_ALIAS = (
     'f{i}: features(sae: "sae", first: 100) { edges { node { neighbours(first: 10) { '
