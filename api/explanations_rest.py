@@ -11,21 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from graphql import GraphQLObjectType
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from saedex.api.rest import _EXPLANATION, RestApi, error
+from saedex.api.bounds import INT32_MAX, INT32_MIN
+from saedex.api.openapi import _errors, _json
+from saedex.api.rest import LINKS, RestApi, error, selection
 
-ADD = f"""
-mutation ($sae: ID!, $feature: Int!, $text: String!, $author: String, $method: String) {{
-  addExplanation(sae: $sae, feature: $feature, text: $text, author: $author, method: $method)
-  {{ {_EXPLANATION} }} }}
-"""
-EDIT = f"""
-mutation ($id: Int!, $text: String!, $author: String) {{
-  editExplanation(id: $id, text: $text, author: $author) {{ {_EXPLANATION} }} }}
-"""
 DELETE = "mutation ($id: Int!) { deleteExplanation(id: $id) }"
 
 # name -> (type, required) of each body
@@ -34,11 +28,71 @@ _BODIES = {
             "author": (str, False), "method": (str, False)},
     "edit": {"text": (str, True), "author": (str, False)},
 }  # fmt: skip
+_JSON_TYPES = {str: {"type": ["string", "null"]},
+               int: {"type": ["integer", "null"], "minimum": INT32_MIN, "maximum": INT32_MAX}}  # fmt: skip
+
+
+def _body_schema(kind: str) -> dict[str, Any]:
+    fields = _BODIES[kind]
+    properties = {}
+    for name, (kind_type, required) in fields.items():
+        schema = dict(_JSON_TYPES[kind_type])
+        if required:  # null only where the field may be left out
+            schema["type"] = schema["type"][0]
+        properties[name] = schema
+    required = [name for name, (_, needed) in fields.items() if needed]
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def openapi_paths() -> dict[str, Any]:
+    """These hand-written routes in the OpenAPI document (as the generated ones: every error
+    status the API can answer, 401 UNAUTHENTICATED among them)."""
+    body = lambda kind: {  # noqa: E731
+        "required": True, "content": {"application/json": {"schema": _body_schema(kind)}},
+    }  # fmt: skip
+    auth = "Needs Authorization: Bearer <the server's API key>."
+    by_id = [{"name": "id", "in": "path", "required": True,
+              "schema": {"type": "integer", "minimum": INT32_MIN, "maximum": INT32_MAX}}]  # fmt: skip
+    done = _json({"$ref": "#/components/schemas/Explanation"}, "The explanation")
+    deleted = {"type": "object", "properties": {"deleted": {"type": "boolean"}},
+               "required": ["deleted"]}  # fmt: skip
+    return {
+        "/api/explanations": {
+            "post": {"summary": "Add an explanation", "description": auth,
+                     "requestBody": body("add"),
+                     "responses": {"200": done, **_errors("post")}},
+        },
+        "/api/explanations/{id}": {
+            "patch": {"summary": "Edit an explanation's text", "description": auth,
+                      "parameters": by_id, "requestBody": body("edit"),
+                      "responses": {"200": done, **_errors("patch")}},
+            "delete": {"summary": "Delete an explanation", "description": auth,
+                       "parameters": by_id,
+                       "responses": {"200": _json(deleted, "Deleted"), **_errors("delete")}},
+        },
+    }  # fmt: skip
 
 
 class ExplanationRoutes:
+    """The routes, declared in `rest`'s OpenAPI document; each answers the same Explanation
+    (every field, as the feature endpoint's `explanations`)."""
+
     def __init__(self, rest: RestApi):
         self.rest = rest
+        explanation = rest.schema._schema.type_map["Explanation"]
+        assert isinstance(explanation, GraphQLObjectType)
+        fields = selection(explanation, LINKS | {"Explanation"})
+        self.add_query = f"""
+mutation ($sae: ID!, $feature: Int!, $text: String!, $author: String, $method: String) {{
+  addExplanation(sae: $sae, feature: $feature, text: $text, author: $author, method: $method)
+  {{ {fields} }} }}
+"""
+        self.edit_query = f"""
+mutation ($id: Int!, $text: String!, $author: String) {{
+  editExplanation(id: $id, text: $text, author: $author) {{ {fields} }} }}
+"""
+        assert "Explanation" in rest.document["components"]["schemas"]
+        rest.document["paths"].update(openapi_paths())
 
     def routes(self) -> list[Route]:
         return [
@@ -51,13 +105,13 @@ class ExplanationRoutes:
         body = await _body(request, "add")
         if isinstance(body, Response):
             return body
-        return await self._run(request, ADD, "addExplanation", body)
+        return await self._run(request, self.add_query, "addExplanation", body)
 
     async def edit(self, request: Request) -> Response:
         body = await _body(request, "edit")
         if isinstance(body, Response):
             return body
-        return await self._with_id(request, EDIT, "editExplanation", body)
+        return await self._with_id(request, self.edit_query, "editExplanation", body)
 
     async def delete(self, request: Request) -> Response:
         response = await self._with_id(request, DELETE, "deleteExplanation", {})

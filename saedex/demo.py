@@ -90,6 +90,39 @@ def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: boo
     )
 
 
+STEER_PROMPT = "My favourite thing to do on a weekend is"
+
+
+def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
+    """Steer the strongest logit-lens feature on a neutral prompt and print both completions
+    (trying the next candidate if the completion does not change)."""
+    import asyncio
+
+    from saedex.api.inference import InferenceEngine
+    from saedex.cli import print_steering
+    from saedex.steering import FeatureEdit, SteerRequest
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        page = reader.list_features(
+            info.id, order_by="max_activation", descending=True, min_density=1e-4,
+            max_density=0.02, limit=100,
+        )  # fmt: skip
+        maxima = {f.index: f.max_activation for f in page.items}
+        logits = reader.logits(info.id, list(maxima), "top", 3)
+    ranked = sorted(maxima, key=lambda i: -(logits[i][0].value if logits[i] else 0))
+    engine = InferenceEngine()
+    for index in ranked[:3]:
+        edit = FeatureEdit(index, 2 * maxima[index])
+        req = SteerRequest(STEER_PROMPT, (edit,), "add", 24, chat_template=False)
+        result = asyncio.run(engine.steer(info, req, 256, maxima))
+        if result.default.text != result.steered.text:
+            break
+    top = ", ".join(repr(e.token) for e in logits[index])
+    console.print(f"feature {index} promotes {top}; steering it at 2x its max activation:")
+    print_steering(result)
+
+
 def serve(cfg: DemoConfig, info: SaeInfo, site_dir: Path, console: Console) -> None:
     """The API at /graphql and /api/, the built site under /site/, one uvicorn process."""
     import uvicorn

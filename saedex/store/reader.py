@@ -32,8 +32,10 @@ from saedex.errors import SaedexError
 from saedex.fingerprint import sae_fingerprint
 from saedex.store import documents
 from saedex.store.connection import open_db
+from saedex.store.deadline import interruptible
 from saedex.store.edits import EditStore, edits_path
 from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
+from saedex.weights import feature_vectors, indexed_weights
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -75,7 +77,8 @@ class IndexReader:
     def _rows(self, sql: str, params: list | dict | None = None) -> list[tuple]:
         cur = self._con.cursor()
         try:
-            return cur.execute(sql, params or []).fetchall()
+            with interruptible(cur):  # a request's deadline (store/deadline.py) can stop it
+                return cur.execute(sql, params or []).fetchall()
         finally:
             cur.close()
 
@@ -106,6 +109,18 @@ class IndexReader:
                 raise SaedexError(f"unknown SAE: {sae_id!r}")
             model_name = self._model_names[sae_id] = info.model_name
         return self.vocab(model_name)
+
+    # -- SAE weights (saedex.weights) -----------------------------------------------------------
+
+    def vectors(
+        self, sae_id: str, indices: list[int], kind: str = "decoder"
+    ) -> dict[int, list[float]]:
+        """Each feature's decoder row ("decoder") or encoder column ("encoder"), read from the
+        SAE weights file the run recorded (the index stores no weights)."""
+        info = self.sae(sae_id)
+        if info is None:
+            raise SaedexError(f"unknown SAE: {sae_id!r}")
+        return feature_vectors(indexed_weights(info), kind, indices)
 
     # -- features ------------------------------------------------------------------------------
 
@@ -157,7 +172,7 @@ class IndexReader:
         )
         out: dict[int, list[Neighbour]] = defaultdict(list)
         for feature, neighbour, cosine in rows:
-            out[feature].append(Neighbour(neighbour, cosine))
+            out[feature].append(Neighbour(sae_id, neighbour, cosine))
         return {i: out.get(i, []) for i in indices}
 
     def top_examples(
