@@ -86,10 +86,12 @@ def _file_problem(path: Path, read_only: bool) -> str | None:
 
 def _opened_problem(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
     """What is wrong with a file DuckDB accepted: cut short, or not a saedex index."""
-    block_size, total_blocks = con.execute(
-        "SELECT block_size, total_blocks FROM pragma_database_size() LIMIT 1"
+    # used blocks, not total: free blocks at the end are cut off the file at a checkpoint
+    # (an index overwritten twice is shorter than its total_blocks), used ones never are
+    block_size, used_blocks = con.execute(
+        "SELECT block_size, used_blocks FROM pragma_database_size() LIMIT 1"
     ).fetchone()
-    expected = _HEADERS + block_size * total_blocks
+    expected = _HEADERS + block_size * used_blocks
     size = path.stat().st_size
     if size < expected:
         return f"is truncated ({size:,} of {expected:,} bytes): {_REINDEX}"
