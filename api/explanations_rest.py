@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from saedex.api.bounds import INT32_MAX, INT32_MIN
 from saedex.api.openapi import _errors, _json
-from saedex.api.rest import LINKS, RestApi, error, selection
+from saedex.api.rest import LINKS, RestApi, _integral, _problem, error, selection
 
 DELETE = "mutation ($id: Int!) { deleteExplanation(id: $id) }"
 
@@ -97,9 +97,14 @@ mutation ($id: Int!, $text: String!, $author: String) {{
     def routes(self) -> list[Route]:
         return [
             Route("/api/explanations", self.add, methods=["POST"]),
-            Route("/api/explanations/{id}", self.edit, methods=["PATCH"]),
-            Route("/api/explanations/{id}", self.delete, methods=["DELETE"]),
+            Route("/api/explanations/{id}", self.by_id, methods=["PATCH", "DELETE"]),
         ]
+
+    async def by_id(self, request: Request) -> Response:
+        """One route for both methods, so a 405 and OPTIONS list them both in `Allow`."""
+        if request.method == "DELETE":
+            return await self.delete(request)
+        return await self.edit(request)
 
     async def add(self, request: Request) -> Response:
         body = await _body(request, "add")
@@ -133,20 +138,14 @@ mutation ($id: Int!, $text: String!, $author: String) {{
 
 
 async def _body(request: Request, kind: str) -> dict[str, Any] | Response:
-    """The JSON body checked against its fields, or the 400/422 response saying why not."""
+    """The JSON body checked against its declared schema (as rest.py checks the generated
+    endpoints'), or the 400/422 response saying why not."""
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return error(400, "the request body is not valid JSON", "BAD_REQUEST")
-    fields = _BODIES[kind]
-    if not isinstance(body, dict):
-        return error(
-            422, f"the body must be a JSON object {{{', '.join(fields)}}}", "BAD_USER_INPUT"
-        )
-    for name, (kind_type, required) in fields.items():
-        value = body.get(name)
-        if value is None and not required:
-            continue
-        if not isinstance(value, kind_type) or isinstance(value, bool):
-            return error(422, f"{name!r} must be a {kind_type.__name__}", "BAD_USER_INPUT")
-    return {name: body.get(name) for name in fields}
+    schema = _body_schema(kind)
+    problem = _problem(schema, body)
+    if problem:
+        return error(422, problem, "BAD_USER_INPUT")
+    return {name: _integral(s, body.get(name)) for name, s in schema["properties"].items()}
