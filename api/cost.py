@@ -45,6 +45,7 @@ from strawberry.extensions import AddValidationRules
 
 from saedex.config import IndexConfig, ServeConfig
 from saedex.data import SaeInfo
+from saedex.steering import SteerRequest
 
 NODE_LIMIT = "MAX_NODE_LIMIT_EXCEEDED"
 
@@ -65,6 +66,8 @@ class ListSizes:
     max_page_size: int = ServeConfig.max_page_size
     max_text_chars: int = ServeConfig.max_text_chars
     max_window_features: int = ServeConfig.max_window_features
+    max_steer_features: int = ServeConfig.max_steer_features
+    max_steer_new_tokens: int = ServeConfig.max_steer_new_tokens
 
     @classmethod
     def of(cls, saes: Iterable[SaeInfo], config: ServeConfig) -> ListSizes:
@@ -85,10 +88,13 @@ class ListSizes:
             max_page_size=config.max_page_size,
             max_text_chars=config.max_text_chars,
             max_window_features=config.max_window_features,
+            max_steer_features=config.max_steer_features,
+            max_steer_new_tokens=config.max_steer_new_tokens,
         )
 
 
 Args = Mapping[str, Any]
+SHIFTS = SteerRequest.n_shifts  # tokens raised/lowered per step when nShifts is not given
 Bound = Callable[[ListSizes, Args], "int | None"]
 
 # How many items a list of objects holds when no `first` of its own sets it, by
@@ -108,6 +114,12 @@ BOUNDS: dict[str, Bound] = {
     "ActiveFeatures.features": lambda s, a: a.get("topK"),
     "TokenFeatures.features": lambda s, a: a.get("topK"),
     "DocumentWindow.features": lambda s, a: s.max_window_features,
+    "Steering.features": lambda s, a: s.max_steer_features,
+    "Completion.steps": lambda s, a: a.get("nTokens") or s.max_steer_new_tokens,
+    "SteerStep.raised": lambda s, a: a.get("nShifts", SHIFTS),
+    "SteerStep.lowered": lambda s, a: a.get("nShifts", SHIFTS),
+    "Ablation.raised": lambda s, a: a.get("nShifts", SHIFTS),
+    "Ablation.lowered": lambda s, a: a.get("nShifts", SHIFTS),
 }
 
 
