@@ -45,6 +45,7 @@ from strawberry.extensions import AddValidationRules
 
 from saedex.config import IndexConfig, ServeConfig
 from saedex.data import SaeInfo
+from saedex.steering import SteerRequest
 
 NODE_LIMIT = "MAX_NODE_LIMIT_EXCEEDED"
 
@@ -93,6 +94,7 @@ class ListSizes:
 
 
 Args = Mapping[str, Any]
+SHIFTS = SteerRequest.n_shifts  # tokens raised/lowered per step when nShifts is not given
 Bound = Callable[[ListSizes, Args], "int | None"]
 
 # How many items a list of objects holds when no `first` of its own sets it, by
@@ -114,13 +116,12 @@ BOUNDS: dict[str, Bound] = {
     "DocumentWindow.features": lambda s, a: s.max_window_features,
     # explanations (saedex/store/edits.py) are not capped per feature: counted as one page
     "Feature.explanations": lambda s, a: s.max_page_size,
-    # steering (api/steer_schema.py): features edited, tokens generated, shifts per step (<= 50)
     "Steering.features": lambda s, a: s.max_steer_features,
     "Completion.steps": lambda s, a: a.get("nTokens") or s.max_steer_new_tokens,
-    "SteerStep.raised": lambda s, a: a.get("nShifts", 50),
-    "SteerStep.lowered": lambda s, a: a.get("nShifts", 50),
-    "Ablation.raised": lambda s, a: a.get("nShifts", 50),
-    "Ablation.lowered": lambda s, a: a.get("nShifts", 50),
+    "SteerStep.raised": lambda s, a: a.get("nShifts", SHIFTS),
+    "SteerStep.lowered": lambda s, a: a.get("nShifts", SHIFTS),
+    "Ablation.raised": lambda s, a: a.get("nShifts", SHIFTS),
+    "Ablation.lowered": lambda s, a: a.get("nShifts", SHIFTS),
 }
 
 

@@ -109,7 +109,6 @@ def source_set_of(hook_name: str) -> str:
 def export_neuronpedia(job: NeuronpediaJob, progress: bool = True) -> NeuronpediaExport:
     """Write the bundle of one SAE; returns its folder and row counts."""
     from saedex.progress import progress_bar
-    from saedex.site.export import feature_data
 
     with IndexReader(job.db) as reader:
         info = reader.sae(job.sae_id)
@@ -143,6 +142,21 @@ def export_neuronpedia(job: NeuronpediaJob, progress: bool = True) -> Neuronpedi
             _write_batch(folder / "explanations", batch, explained[start : start + BATCH_FEATURES])
         counts["explanations"] = len(explained)
     return result
+
+
+def feature_data(reader: IndexReader, sae_id: str, indices: list[int], top) -> list[FeatureData]:
+    """Every dashboard field of `indices`, in a handful of batched reader queries."""
+    summaries = reader.summaries(sae_id, indices)
+    indices = [i for i in indices if i in summaries]
+    bottom = reader.logits(sae_id, indices, "bottom")
+    hists = reader.histograms(sae_id, indices)
+    examples = reader.top_examples(sae_id, indices, first=top)
+    intervals = reader.interval_samples(sae_id, indices)
+    nbrs = reader.neighbours(sae_id, indices)
+    return [
+        FeatureData(summaries[i], bottom[i], *hists[i], examples[i], intervals[i], nbrs[i])
+        for i in indices
+    ]
 
 
 def _names(job: NeuronpediaJob, info: SaeInfo) -> _Names:

@@ -69,7 +69,7 @@ def test_index_options_reach_the_config(monkeypatch):
 def test_serve_options_reach_the_config(monkeypatch):
     seen = {}
     monkeypatch.setattr(
-        "saedex.api.app.serve", lambda db, config, threads, **_: seen.update(c=config)
+        "saedex.api.app.serve", lambda db, config, threads, ready=None: seen.update(c=config)
     )
     result = invoke(
         "serve", "--db", "x.duckdb", "--max-active-top-k", "7", "--cors-origin", "a",
