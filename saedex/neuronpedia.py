@@ -306,14 +306,9 @@ def explanation_rows(explanations: Sequence[Explanation], names: _Names) -> list
 
 
 def _explanations(reader: IndexReader, sae_id: str) -> list[Explanation]:
-    """The SAE's explanations where the store offers them (the user-edit store), else none."""
-    fetch = getattr(reader, "explanations", None)
-    if fetch is None:
-        return []
-    found = fetch(sae_id)
-    if isinstance(found, dict):
-        return [e for values in found.values() for e in values]
-    return list(found)
+    """The SAE's explanations in the user-edit store (saedex/store/edits.py), if it has one."""
+    store = reader.edits()
+    return [] if store is None else list(store.all(sae_id, reader.fingerprint(sae_id)))
 
 
 def _metadata_rows(job: NeuronpediaJob, info: SaeInfo, names: _Names) -> dict[str, dict]:
