@@ -31,6 +31,7 @@ from saedex.site.export import SiteJob, export_site, search_terms, shard_of, ter
 from saedex.site.pages import FeatureRow, public_name
 from saedex.site.render import esc, feature_html, script_json, token_html
 from saedex.store import IndexReader
+from tests.browser import CHROMEDRIVER, CHROMIUM, chromium
 
 SAE = "sae"
 WIDE = "second/sae"  # a slash: its folder is "second-sae"
@@ -446,12 +447,9 @@ _UNMARK = str.maketrans({"\u2423": " ", "\u21b5": "\n", "\u21e5": "\t", "\u240d"
 
 def _browser_paths() -> tuple[str, str] | None:
     import importlib.util
-    import shutil
 
-    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-    driver = shutil.which("chromedriver")
     has_selenium = importlib.util.find_spec("selenium") is not None
-    return (binary, driver) if binary and driver and has_selenium else None
+    return (CHROMIUM, CHROMEDRIVER) if CHROMIUM and CHROMEDRIVER and has_selenium else None
 
 
 needs_browser = pytest.mark.skipif(
@@ -463,25 +461,7 @@ needs_browser = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = _browser_paths()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1600",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"), "--window-size=1400,1600")
     driver.implicitly_wait(0)
     yield driver
     driver.quit()
