@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from saedex.api.auth import load_api_key
 from saedex.api.errors import NotFound
 from saedex.api.inference import InferenceEngine
 from saedex.api.loaders import Loaders
@@ -21,6 +22,7 @@ class ApiState:
     reader: IndexReader
     config: ServeConfig
     inference: InferenceEngine | None = None
+    api_key: str | None = field(default=None, repr=False)  # for edits; None: editing is off
 
     @property
     def saes(self) -> dict[str, SaeInfo]:
@@ -35,7 +37,7 @@ class ApiState:
         reader.set_threads(1)
         for sae_id in reader.sae_map():
             reader.warm_contexts(sae_id)
-        return cls(reader, config, inference)
+        return cls(reader, config, inference, load_api_key(config))
 
     def sae(self, sae_id: str) -> SaeInfo:
         info = self.saes.get(sae_id)
@@ -54,7 +56,8 @@ class Context:
 
     state: ApiState
     loaders: Loaders
+    authorization: str | None = field(default=None, repr=False)  # the request's header
 
     @classmethod
-    def new(cls, state: ApiState) -> Context:
-        return cls(state, Loaders(state.reader))
+    def new(cls, state: ApiState, authorization: str | None = None) -> Context:
+        return cls(state, Loaders(state.reader), authorization)

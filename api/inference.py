@@ -1,12 +1,19 @@
-"""Live inference: the features an SAE finds on a text, computed the way the index computed them.
+"""Live inference: the features an SAE finds on a text, and the scheduler that shares the model.
 
-The text goes through the indexer's own code: `tokenize_contexts` cuts it into contexts of the
-index's size (BOS prepended as the run did) and `encode_batch` runs the model to the hook and the
-SAE, leaving out BOS and attention-sink tokens by the run's stored rule. So a context of the
-index, given as text, gets the activations the index stored for it.
+This module is torch-free: its records and the request path import nothing heavy, and the model
+side (`api.live`) is imported on the first live request. So `serve --no-inference` and the site
+exporter never load torch or transformers. A server runs the model side in a worker process
+(`ServeConfig.inference_process`): a forward pass through TransformerLens is thousands of small
+Python-level ops, and in the server's process each one waits for the GIL that the event loop
+holds while it serves index queries, which made live requests many times slower under load.
 
-Models and SAEs load lazily, once, and are shared; requests run one at a time in a worker
-thread (an asyncio lock orders them), so the event loop keeps serving index queries meanwhile.
+Concurrent `activeFeatures` requests are batched dynamically: a request joins a queue; one
+drainer takes what has queued (waiting `batch_window_ms` when it finds the queue had only one,
+so that near-simultaneous requests meet), up to `batch_max_contexts` contexts of one SAE, and
+runs ONE forward for all of them in a worker thread. While that forward runs, the next batch
+queues. Every model call (a batch, or one step of a steering generation) holds `model_lock`,
+which is FIFO-fair, so a long generation cannot starve activeFeatures: a waiting batch runs
+between two of its steps. Index queries never take the lock.
 """
 
 from __future__ import annotations
@@ -14,25 +21,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 import numpy as np
-import torch
 
-from saedex.api.errors import BadInput, Unavailable
-from saedex.config import IndexConfig
+from saedex.api.errors import Unavailable
+from saedex.config import IndexConfig, ServeConfig
 from saedex.data import SaeInfo
-from saedex.errors import SaedexError
-from saedex.indexer.corpus import Document, tokenize_contexts
-from saedex.indexer.indexing import encode_batch
-from saedex.indexer.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, LoadedModel, load_model
-from saedex.indexer.sae import SparseAutoencoder, load_sae
-from saedex.provenance import sae_changed
-from saedex.store.writer import Batch
+
+if TYPE_CHECKING:
+    from saedex.api.live import LiveModels
 
 log = logging.getLogger("saedex.api.inference")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,8 @@ class ActiveFeatures:
 
 
 @dataclass(frozen=True)
-class _Encoded:
-    """The text's tokens and its sparse activations, positions counted in text tokens."""
+class Encoded:
+    """A text's tokens and its sparse activations, positions counted in text tokens."""
 
     token_ids: list[int]
     excluded: np.ndarray
@@ -83,92 +89,166 @@ class _Encoded:
     value: np.ndarray
 
 
+@dataclass
+class _Job:
+    info: SaeInfo
+    text: str
+    n_contexts: int
+    future: asyncio.Future
+
+
 class InferenceEngine:
-    """The models and SAEs of one server, loaded on first use."""
+    """The live models of one server, loaded on first use, and the queue in front of them."""
 
     def __init__(
-        self, device: str | None = None, dtype: str | None = None, threads: int | None = None
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        config: ServeConfig | None = None,
+        process: bool = False,
     ):
-        """`threads` caps torch's intra-op threads (process-wide): on a busy machine more
-        threads than free cores make each forward pass many times slower."""
+        """`process`: run the models in a worker process (what a server does) instead of a
+        worker thread of this one (notebooks, tests)."""
+        config = config or ServeConfig()
         self.device = device
         self.dtype = dtype
         self.threads = threads
-        self._models: dict[str, LoadedModel] = {}
-        self._saes: dict[str, SparseAutoencoder] = {}
-        self._lock = asyncio.Lock()
+        self.window_s = config.batch_window_ms / 1000
+        self.max_contexts = config.batch_max_contexts
+        self.process = process
+        self._pool: ProcessPoolExecutor | None = None
+        self._models: LiveModels | None = None
+        self._jobs: list[_Job] = []
+        self._drainer: asyncio.Task | None = None
+        self.model_lock = asyncio.Lock()
+        self.batch_sizes: list[int] = []  # texts per forward, for tests and benchmarks
+
+    @property
+    def models(self) -> LiveModels:
+        """The model side, imported and built on first use (this is where torch loads)."""
+        if self._models is None:
+            from saedex.api.live import LiveModels
+
+            self._models = LiveModels(self.device, self.dtype, self.threads)
+        return self._models
 
     async def active_features(
         self, info: SaeInfo, vocab: list[str], text: str, top_k: int
     ) -> ActiveFeatures:
-        async with self._lock:
-            encoded = await anyio.to_thread.run_sync(self.encode, info, text)
+        encoded = await self.encode(info, text)
         return summarise(info.id, encoded, vocab, top_k)
 
-    def encode(self, info: SaeInfo, text: str) -> _Encoded:
-        """Run the model and the SAE over `text` exactly as the indexer would."""
-        model, sae = self._load(info)
-        cfg = run_config(info)
-        doc = Document(doc_id="query", source="query", text=text)
-        contexts = list(
-            tokenize_contexts(
-                iter([doc]), model.tokenizer, cfg.context_size, cfg.prepend_bos, model.bos_token_id
-            )
-        )
-        if not contexts:
-            raise BadInput("text has no tokens")
-        skip = 1 if cfg.prepend_bos else 0
-        batch = Batch([c.context_id for c in contexts], [c.token_ids for c in contexts])
-        acts, excluded, _ = encode_batch(model, sae, batch, cfg)
-        starts = np.array([c.token_start - skip for c in contexts])
-        token_ids = [t for c in contexts for t in c.token_ids[skip:]]
-        flags = np.zeros(len(token_ids), dtype=bool)
-        flags[_flat(starts, excluded)] = True
-        return _Encoded(
-            token_ids,
-            flags,
-            _flat(starts, acts),
-            acts.column("feature").to_numpy(),
-            acts.column("value").to_numpy(),
-        )
+    async def encode(self, info: SaeInfo, text: str) -> Encoded:
+        """The text's activations, computed in a batch with whatever else is queued."""
+        future = asyncio.get_running_loop().create_future()
+        n_contexts = _contexts_estimate(info, text)
+        self._jobs.append(_Job(info, text, n_contexts, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await future
 
-    async def window(self, info: SaeInfo, token_ids: list[int]) -> _Encoded:
+    async def window(self, info: SaeInfo, token_ids: list[int]) -> Encoded:
         """The SAE on one run of the model over `token_ids` (a joined document window)."""
-        async with self._lock:
-            return await anyio.to_thread.run_sync(self.encode_ids, info, token_ids)
+        return await self.run_model("encode_ids", info, token_ids)
 
-    def encode_ids(self, info: SaeInfo, token_ids: list[int]) -> _Encoded:
-        """Token ids as one context (BOS prepended as the run did, its sink rule applied)."""
-        model, sae = self._load(info)
-        cfg = run_config(info)
-        skip = 1 if cfg.prepend_bos else 0
-        ids = [model.bos_token_id, *token_ids] if skip else list(token_ids)
-        acts, excluded, _ = encode_batch(model, sae, Batch([0], [ids]), cfg)
-        flags = np.zeros(len(token_ids), dtype=bool)
-        flags[excluded.column("position").to_numpy().astype(np.int64) - skip] = True
-        return _Encoded(
-            list(token_ids),
-            flags,
-            acts.column("position").to_numpy().astype(np.int64) - skip,
-            acts.column("feature").to_numpy(),
-            acts.column("value").to_numpy(),
-        )
+    async def run_model(self, name: str, *args: Any) -> Any:
+        """`api.live.<name>(models, *args)`, in turn with every other model call."""
+        async with self.model_lock:
+            if not self.process:
+                from saedex.api import live
 
-    def _load(self, info: SaeInfo) -> tuple[LoadedModel, SparseAutoencoder]:
-        spec = DEFAULT_MODEL if info.model_name == DEFAULT_MODEL_NAME else info.model_name
-        if spec not in self._models:
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            log.info("loading model %s", spec)
+                return await anyio.to_thread.run_sync(getattr(live, name), self.models, *args)
             try:
-                self._models[spec] = load_model(spec, self.device, self.dtype)
-            except SaedexError as exc:
-                raise Unavailable(f"cannot load the model of {info.id!r}: {exc}") from exc
-        model = self._models[spec]
-        if info.sae_path not in self._saes:  # by path: engines may serve several indexes
-            log.info("loading SAE %s from %s", info.id, info.sae_path)
-            self._saes[info.sae_path] = _load_sae(info).to(model.device)
-        return model, self._saes[info.sae_path]
+                return await asyncio.wrap_future(self._worker().submit(_in_worker, name, args))
+            except BrokenProcessPool as exc:
+                self._pool = None
+                raise Unavailable(
+                    "the live model process died; the next request restarts it"
+                ) from exc
+
+    def _worker(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.device, self.dtype, self.threads),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the model worker process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def steer(self, info: SaeInfo, req, max_prompt_tokens: int, max_activations: dict):
+        """Default and steered completions; each generated token is its own model call, so
+        activeFeatures batches queued meanwhile run between steps instead of waiting."""
+        key = await self.run_model("steer_start", info, req, max_prompt_tokens)
+        try:
+            while await self.run_model("steer_step", key):
+                pass
+            return await self.run_model("steer_result", info, key, max_activations)
+        finally:
+            await self.run_model("steer_drop", key)
+
+    async def ablation(self, info: SaeInfo, example, feature: int, k: int):
+        """A feature ablated on one of its stored examples (see saedex.steering.Ablation)."""
+        return await self.run_model("ablation", info, example, feature, k)
+
+    async def _drain(self) -> None:
+        while self._jobs:
+            if len(self._jobs) == 1 and self.window_s > 0:
+                await asyncio.sleep(self.window_s)
+            jobs = self._take()
+            texts = [j.text for j in jobs]
+            try:
+                results = await self.run_model("encode_many", jobs[0].info, texts)
+            except Exception as exc:  # noqa: BLE001 (a load error fails every job of the batch)
+                results = [exc] * len(jobs)
+            self.batch_sizes.append(len(jobs))
+            for job, result in zip(jobs, results, strict=True):
+                if job.future.done():  # the client went away
+                    continue
+                if isinstance(result, Exception):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    def _take(self) -> list[_Job]:
+        """The oldest job and the queued jobs of its SAE that fit the batch bound."""
+        first = self._jobs[0]
+        taken, budget = [], self.max_contexts
+        for job in self._jobs:
+            if job.info.sae_path != first.info.sae_path:
+                continue
+            if taken and job.n_contexts > budget:
+                break
+            taken.append(job)
+            budget -= job.n_contexts
+        self._jobs = [j for j in self._jobs if j not in taken]
+        return taken
+
+
+def _init_worker(device: str | None, dtype: str | None, threads: int | None) -> None:
+    from saedex.api import live
+
+    live.init_worker(device, dtype, threads)
+
+
+def _in_worker(name: str, args: tuple) -> Any:
+    from saedex.api import live
+
+    return live.in_worker(name, args)
+
+
+def _contexts_estimate(info: SaeInfo, text: str) -> int:
+    """The contexts a text will likely tokenise into (about four bytes a token), to bound a
+    batch before tokenising it in the worker thread."""
+    per = max(1, info.context_size - (1 if info.prepend_bos else 0))
+    return max(1, -(-len(text.encode()) // (4 * per)))
 
 
 def run_config(info: SaeInfo) -> IndexConfig:
@@ -177,26 +257,7 @@ def run_config(info: SaeInfo) -> IndexConfig:
     return IndexConfig(**{k: v for k, v in info.settings.items() if k in names})
 
 
-def _load_sae(info: SaeInfo) -> SparseAutoencoder:
-    path = Path(info.sae_path or "")
-    if not path.is_dir():
-        raise Unavailable(f"the SAE of {info.id!r} is not at {info.sae_path}; cannot run it live")
-    changed = sae_changed(path, info.sae_weights_sha256, info.sae_cfg_sha256)
-    if changed:  # other weights than the index's: live values would not match it
-        raise Unavailable(f"the SAE of {info.id!r} cannot run live: {changed}")
-    try:
-        return load_sae(path)
-    except SaedexError as exc:
-        raise Unavailable(f"cannot load the SAE of {info.id!r}: {exc}") from exc
-
-
-def _flat(starts: np.ndarray, table) -> np.ndarray:
-    """Text-token positions of (context_id, position) rows; contexts are numbered from 0."""
-    ctx = table.column("context_id").to_numpy()
-    return (starts[ctx] + table.column("position").to_numpy()).astype(np.int64)
-
-
-def summarise(sae_id: str, enc: _Encoded, vocab: list[str], top_k: int) -> ActiveFeatures:
+def summarise(sae_id: str, enc: Encoded, vocab: list[str], top_k: int) -> ActiveFeatures:
     """Per token its top features; overall, features ranked by their max over the text."""
     tokens = [vocab[t] for t in enc.token_ids]
     order = np.lexsort((-enc.value, enc.position))
@@ -219,7 +280,7 @@ def summarise(sae_id: str, enc: _Encoded, vocab: list[str], top_k: int) -> Activ
     )
 
 
-def _ranked(enc: _Encoded, n_tokens: int, top_k: int) -> list[ActiveFeature]:
+def _ranked(enc: Encoded, n_tokens: int, top_k: int) -> list[ActiveFeature]:
     """The top_k features by max value (ties: lower index), each with its per-token values."""
     if not len(enc.feature):
         return []

@@ -16,6 +16,7 @@ from strawberry.dataloader import DataLoader
 
 from saedex.data import (
     Example,
+    Explanation,
     FeatureSummary,
     Histogram,
     IntervalSample,
@@ -60,6 +61,9 @@ class Loaders:
         self.top_examples: DataLoader[Key, list[Example]] = loader(_first(reader.top_examples))
         self.intervals: DataLoader[Key, list[IntervalSample]] = loader(reader.interval_samples)
         self.neighbours: DataLoader[Key, list[Neighbour]] = loader(_first(reader.neighbours))
+        self.explanations: DataLoader[Key, list[Explanation]] = loader(reader.explanations)
+        # (sae_id, index, "decoder" | "encoder"): rows of the SAE weights file (saedex.weights)
+        self.vectors: DataLoader[Key, list[float]] = loader(reader.vectors)
 
     def prime(self, summaries: Sequence[FeatureSummary]) -> None:
         """Seed the caches with summaries a listing already fetched."""

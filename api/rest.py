@@ -1,8 +1,10 @@
 """A small REST mirror of the GraphQL API, for clients that want plain JSON and status codes.
 
-Each endpoint runs one fixed GraphQL document through the same schema, so REST and GraphQL
-return the same shapes (camelCase), hit the same limits and share one code path. GraphQL
-errors become JSON `{"error", "code"}` with the status their code implies.
+Each endpoint runs one GraphQL document through the same schema, so REST and GraphQL return
+the same shapes (camelCase), hit the same limits and share one code path. The documents select
+every field of their type (api/rest.py's `selection`), and the OpenAPI document is derived from
+them (api/openapi.py); inputs are checked against that document's own schemas before they run.
+GraphQL errors become JSON `{"error", "code"}` with the status their code implies.
 """
 
 from __future__ import annotations
@@ -10,49 +12,130 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonschema
+from graphql import (
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    Undefined,
+    get_named_type,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from saedex.api.bounds import bounds
 from saedex.api.context import ApiState, Context
 from saedex.api.errors import ERROR_STATUS
-from saedex.api.openapi import openapi_document
+from saedex.api.openapi import Endpoint, openapi_document
 from saedex.api.schema import Schema
 
-_EXAMPLE = "contextId documentId source tokens tokenIds activations maxActivation maxTokenIndex"
-_LOGIT = "token tokenId value"
-_HIST = "binEdges counts"
+# Links from a record to a whole other feature: GraphQL's to follow; REST leaves them out,
+# which also keeps every REST answer bounded.
+LINKS = frozenset({"Feature"})
 
-SAES_QUERY = """
-query { saes { id modelName hookName hookLayer architecture dIn dSae saePath corpus contextSize
-  prependBos nDocuments nSkippedDocuments nContexts nTokens nExcludedTokens deadFeatures status
-  settings startedAt finishedAt durationS } }
-"""
 
-FEATURE_QUERY = f"""
-query ($sae: ID!, $index: Int!) {{ feature(sae: $sae, index: $index) {{
-  sae index nActive density maxActivation meanActivation skew kurtosis
-  histogram {{ {_HIST} }} logitHistogram {{ {_HIST} }}
-  topLogits {{ {_LOGIT} }} bottomLogits {{ {_LOGIT} }}
-  topExamples {{ {_EXAMPLE} }}
-  intervalSamples {{ index low high fraction examples {{ {_EXAMPLE} }} }}
-  neighbours {{ index cosine }}
-}} }}
-"""
+def selection(gql_type: GraphQLObjectType, seen: frozenset[str] = LINKS) -> str:
+    """Every field of an object type, recursively, but for fields with required arguments
+    and links to types already on the way down (or to a whole feature)."""
+    parts = []
+    for name, field in gql_type.fields.items():
+        if any(
+            isinstance(a.type, GraphQLNonNull) and a.default_value is Undefined
+            for a in field.args.values()
+        ):
+            continue
+        named = get_named_type(field.type)
+        if not isinstance(named, GraphQLObjectType):
+            parts.append(name)
+        elif named.name not in seen:
+            parts.append(f"{name} {{ {selection(named, seen | {named.name})} }}")
+    return " ".join(parts)
 
-ACTIVE_QUERY = """
-query ($sae: ID!, $text: String!, $topK: Int!) {
-  activeFeatures(sae: $sae, text: $text, topK: $topK) {
-    sae tokens tokenIds excluded
-    positions { position token tokenId excluded features { index value } }
-    features { index maxValue maxTokenIndex values }
+
+def endpoints(schema: GraphQLSchema) -> list[Endpoint]:
+    """The REST routes, each a GraphQL document over every field of its answer's type."""
+    types = schema.type_map
+
+    def every(name: str) -> str:
+        named = types[name]
+        assert isinstance(named, GraphQLObjectType)
+        return selection(named, LINKS | {name})
+
+    return [
+        Endpoint(
+            "get", "/api/saes", "Every SAE in the index", f"query {{ saes {{ {every('Sae')} }} }}"
+        ),
+        Endpoint(
+            "get",
+            "/api/features/{sae}/{index}",
+            "One feature's dashboard data",
+            "query ($sae: ID!, $index: Int!) { feature(sae: $sae, index: $index) "
+            f"{{ {every('Feature')} }} }}",
+        ),
+        Endpoint(
+            "post",
+            "/api/active-features",
+            "Run the model and SAE on a text (live inference)",
+            "query ($sae: ID!, $text: String!, $topK: Int) "
+            "{ activeFeatures(sae: $sae, text: $text, topK: $topK) "
+            f"{{ {every('ActiveFeatures')} }} }}",
+        ),
+    ]
+
+
+# POST /api/steer (owner: inference) is written by hand for now: its variables include a list
+# of input objects and an enum, which the generated endpoints' OpenAPI inputs do not cover yet.
+STEER_QUERY = """
+query ($sae: ID!, $prompt: String!, $features: [SteerFeatureInput!]!, $mode: SteerMode!,
+       $nTokens: Int!, $temperature: Float!, $seed: Int!, $chatTemplate: Boolean!,
+       $nShifts: Int!) {
+  steer(sae: $sae, prompt: $prompt, features: $features, mode: $mode, nTokens: $nTokens,
+        temperature: $temperature, seed: $seed, chatTemplate: $chatTemplate,
+        nShifts: $nShifts) {
+    sae mode prompt promptTokens temperature seed
+    features { index strength value decoderNorm maxActivation }
+    default { text steps { token tokenId logprob } }
+    steered { text steps { token tokenId logprob
+      raised { token tokenId delta probability } lowered { token tokenId delta probability } } }
   }
 }
 """
 
+STEER_DEFAULTS = {
+    "mode": "ADD",
+    "nTokens": 32,
+    "temperature": 0.0,
+    "seed": 0,
+    "chatTemplate": False,
+    "nShifts": 5,
+}
 
-def error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+def error(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _bad(message: str) -> JSONResponse:
+    return error(422, message, "BAD_USER_INPUT")
+
+
+def _problem(schema: dict[str, Any], value: Any, name: str | None = None) -> str | None:
+    """What is wrong with `value` under a JSON Schema of the OpenAPI document, or None."""
+    found = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(value)
+    )
+    if found is None:
+        return None
+    where = ".".join(str(p) for p in found.absolute_path) or name
+    return f"{where}: {found.message}" if where else found.message
+
+
+def _integral(schema: dict[str, Any], value: Any) -> Any:
+    """A JSON number the schema's "integer" admits (3.0 is one) as the int GraphQL expects."""
+    if schema.get("type") == "integer" and isinstance(value, float):
+        return int(value)
+    return value
 
 
 class RestApi:
@@ -61,61 +144,95 @@ class RestApi:
     def __init__(self, schema: Schema, state: ApiState):
         self.schema = schema
         self.state = state
+        self.endpoints = endpoints(schema._schema)
+        examples = {"sae": list(state.saes), "text": ["The quick brown fox"]}
+        self.document = openapi_document(
+            schema._schema, self.endpoints, bounds(state.config), examples
+        )
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/api/saes", self.saes, methods=["GET"]),
-            Route("/api/features/{sae}/{index}", self.feature, methods=["GET"]),
-            Route("/api/active-features", self.active_features, methods=["POST"]),
-            Route("/api/openapi.json", self.openapi, methods=["GET"]),
+        found = [
+            Route(e.path, self.handler(e), methods=[e.method.upper()], name=e.path)
+            for e in self.endpoints
         ]
+        steer = Route("/api/steer", self.steer, methods=["POST"])
+        return [*found, steer, Route("/api/openapi.json", self.openapi, methods=["GET"])]
 
-    async def run(self, query: str, field: str, variables: dict[str, Any] | None = None):
-        """Execute a document; its one root field's value, or the first error as JSON."""
-        result = await self.schema.execute(
-            query, variable_values=variables, context_value=Context.new(self.state)
-        )
+    async def steer(self, request: Request) -> Response:
+        """POST /api/steer: the body is the steer field's arguments (camelCase, `mode` as
+        ADD/CLAMP/ABLATE); GraphQL validates them, a bad one is a 4xx with its message."""
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "the request body is not valid JSON", "BAD_REQUEST")
+        if not isinstance(body, dict):
+            return _bad("the body must be a JSON object {sae, prompt, features, ...}")
+        unknown = set(body) - {"sae", "prompt", "features", *STEER_DEFAULTS}
+        if unknown:
+            return _bad(f"unknown fields: {', '.join(sorted(unknown))}")
+        return await self.run(STEER_QUERY, "steer", {**STEER_DEFAULTS, **body})
+
+    def handler(self, endpoint: Endpoint):
+        spec = self.document["paths"][endpoint.path][endpoint.method]
+        field = endpoint.root.name.value
+
+        async def handle(request: Request) -> Response:
+            if endpoint.method == "get":
+                variables = self.path_variables(spec, request)
+            else:
+                variables = await self.body_variables(spec, request)
+            if isinstance(variables, Response):
+                return variables
+            return await self.run(endpoint.document, field, variables)
+
+        return handle
+
+    @staticmethod
+    def path_variables(spec: dict[str, Any], request: Request) -> dict[str, Any] | Response:
+        variables = {}
+        for parameter in spec.get("parameters", []):
+            name, schema = parameter["name"], parameter["schema"]
+            value: Any = request.path_params[name]
+            if schema.get("type") == "integer":
+                try:
+                    value = int(value)
+                except ValueError:
+                    return _bad(f"{name} must be an integer, got {value!r}")
+            problem = _problem(schema, value, name)
+            if problem:
+                return _bad(problem)
+            variables[name] = value
+        return variables
+
+    @staticmethod
+    async def body_variables(spec: dict[str, Any], request: Request) -> dict[str, Any] | Response:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "the request body is not valid JSON", "BAD_REQUEST")
+        schema = spec["requestBody"]["content"]["application/json"]["schema"]
+        problem = _problem(schema, body)
+        if problem:
+            return _bad(problem)
+        properties = schema["properties"]
+        return {k: _integral(properties[k], v) for k, v in body.items() if k in properties}
+
+    async def run(
+        self,
+        query: str,
+        field: str,
+        variables: dict[str, Any],
+        authorization: str | None = None,
+    ) -> Response:
+        """Execute a document; its one root field's value, or the first error as JSON
+        (`authorization`: the request's header, for the explanation mutations)."""
+        context = Context.new(self.state, authorization)
+        result = await self.schema.execute(query, variable_values=variables, context_value=context)
         if result.errors:
             first = result.errors[0]
             code = (first.extensions or {}).get("code", "BAD_REQUEST")
             return error(ERROR_STATUS.get(code, 400), first.message, code)
         return JSONResponse(result.data[field])
 
-    async def saes(self, request: Request) -> Response:
-        return await self.run(SAES_QUERY, "saes")
-
-    async def feature(self, request: Request) -> Response:
-        raw = request.path_params["index"]
-        try:
-            index = int(raw)
-        except ValueError:
-            return error(422, f"feature index must be an integer, got {raw!r}", "BAD_USER_INPUT")
-        variables = {"sae": request.path_params["sae"], "index": index}
-        return await self.run(FEATURE_QUERY, "feature", variables)
-
-    async def active_features(self, request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "the request body is not valid JSON", "BAD_REQUEST")
-        problem = _check_active_body(body)
-        if problem:
-            return error(422, problem, "BAD_USER_INPUT")
-        variables = {"sae": body["sae"], "text": body["text"], "topK": body.get("topK", 10)}
-        return await self.run(ACTIVE_QUERY, "activeFeatures", variables)
-
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document())
-
-
-def _check_active_body(body: Any) -> str | None:
-    """What is wrong with a POST /api/active-features body, or None."""
-    if not isinstance(body, dict):
-        return "the body must be a JSON object {sae, text, topK}"
-    for name in ("sae", "text"):
-        if not isinstance(body.get(name), str):
-            return f"{name!r} must be a string"
-    top_k = body.get("topK", 10)
-    if not isinstance(top_k, int) or isinstance(top_k, bool):
-        return "'topK' must be an integer"
-    return None
+        return JSONResponse(self.document)

@@ -34,6 +34,18 @@ def _array(name: str, description: str) -> ScalarDefinition:
     )
 
 
+# Each scalar's value as JSON Schema, for the OpenAPI document the REST mirror derives.
+JSON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "TokenList": {"type": "array", "items": {"type": "string"}},
+    "FloatList": {"type": "array", "items": {"type": "number"}},
+    "IntList": {"type": "array", "items": {"type": "integer"}},
+    "Long": {"type": "integer"},
+    "JSON": {},
+    # strawberry writes datetime.isoformat(): ISO 8601, but with no zone, so not RFC 3339's
+    # "date-time" format
+    "DateTime": {"type": "string", "description": "ISO 8601 local date and time."},
+}
+
 SCALARS: dict[object, ScalarDefinition] = {
     TokenList: _array("TokenList", "A JSON array of decoded token strings."),
     FloatList: _array("FloatList", "A JSON array of numbers (per-token activations)."),

@@ -12,33 +12,38 @@ import binascii
 import dataclasses
 import functools
 from collections.abc import Callable
-from datetime import datetime
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
 
 from saedex import data
-from saedex.api import documents, inference
+from saedex.api import documents, inference, steer_schema
+from saedex.api.bounds import MAX_QUERY_CHARS, bounds, check_unicode
 from saedex.api.context import Context
-from saedex.api.errors import BadInput, MaskUnexpected, NotFound, Unavailable, is_unexpected
-from saedex.api.scalars import JSON, SCALARS, FloatList, IntList, Long, TokenList
+from saedex.api.cost import ListSizes
+from saedex.api.errors import (
+    ApiError,
+    BadInput,
+    MaskUnexpected,
+    NotFound,
+    Unavailable,
+    is_unexpected,
+)
+from saedex.api.explanations import Explanation, Mutation, explanation_of
+from saedex.api.limits import limit_extensions
+from saedex.api.records import delegating_resolvers, field_doc, record_type
+from saedex.api.scalars import SCALARS, FloatList, IntList, TokenList
 from saedex.config import ServeConfig
+from saedex.errors import SaedexError
 
 Info = strawberry.Info[Context, None]
 T = TypeVar("T")
-
-MAX_QUERY_CHARS = 200
 
 
 def convert(cls: type[T], record: Any, **extra: Any) -> T:
@@ -56,97 +61,60 @@ def page_size(info: Info, first: int | None, default: int | None) -> int | None:
     """`first` checked against the page limit; None means everything (bounded by the index)."""
     if first is None:
         return default
-    limit = info.context.state.config.max_page_size
-    if not 0 <= first <= limit:
-        raise BadInput(f"first must be between 0 and {limit}, got {first}")
-    return first
+    return bounds(info.context.state.config)["first"].check("first", first)
 
 
-# -- records ---------------------------------------------------------------------------------
+# -- records (generated from saedex.data: api/records.py) --------------------------------------
 
 
-@strawberry.type(description="An indexed SAE: what was run, on what, and how it went.")
-class Sae:
-    id: strawberry.ID
-    model_name: str
-    hook_name: str
-    hook_layer: int
-    architecture: str
-    d_in: int
-    d_sae: int
-    sae_path: str | None
-    corpus: str | None
-    context_size: int
-    prepend_bos: bool
-    n_documents: int
-    n_skipped_documents: int
-    n_contexts: int
-    n_tokens: Long
-    n_excluded_tokens: Long
-    dead_features: int
-    status: str
-    settings: JSON
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_s: float | None
+def _model_name(root: strawberry.Parent[data.SaeInfo]) -> str:
+    """The model the SAE reads: a hub name, or a local model directory's name."""
+    return data.public_name(root.model_name)
 
 
-@strawberry.type(description="Counts per bin; binEdges has one more entry than counts.")
-class Histogram:
-    bin_edges: list[float]
-    counts: list[Long]
+def _sae_path(root: strawberry.Parent[data.SaeInfo]) -> str:
+    """The SAE directory's name: the publisher's local path is not shown."""
+    return data.public_name(root.sae_path)
 
 
-@strawberry.type(description="A logit-lens token: the decoder direction through the unembedding.")
-class LogitEntry:
-    token: str
-    token_id: int
-    value: float
+def _corpus(root: strawberry.Parent[data.SaeInfo]) -> str:
+    """The corpus file's or folder's name: the publisher's local path is not shown."""
+    return data.public_name(root.corpus)
 
 
-@strawberry.type(description="One context and the feature's activation on each of its tokens.")
-class Example:
-    context_id: int
-    document_id: str
-    source: str
-    tokens: TokenList
-    token_ids: IntList
-    activations: FloatList
-    max_activation: float
-    max_token_index: int
-
-
-def examples(records: list[data.Example]) -> list[Example]:
-    return [convert(Example, r) for r in records]
-
-
-@strawberry.type(description="Random examples whose highlighted token falls in [low, high).")
-class IntervalSample:
-    index: int
-    low: float
-    high: float
-    fraction: float
-    examples: list[Example]
-
-
-@strawberry.type(description="A feature whose decoder direction is close to this one's.")
-class Neighbour:
-    sae_id: strawberry.Private[str]
-    index: int
-    cosine: float
-
-    @strawberry.field(description="The neighbouring feature itself.")
-    def feature(self, info: Info) -> Feature | None:
-        return load_feature(info, self.sae_id, self.index)
-
-
-@strawberry.type(
-    description="One SAE latent and everything its dashboard shows. Each field is fetched "
-    "only when asked for, batched across the request."
+Sae = record_type(
+    data.SaeInfo,
+    "Sae",
+    types_={"id": strawberry.ID},
+    resolvers={"model_name": _model_name, "sae_path": _sae_path, "corpus": _corpus},
 )
+Histogram = record_type(data.Histogram)
+LogitEntry = record_type(data.LogitEntry)
+Example = record_type(data.Example)
+IntervalSample = record_type(data.IntervalSample)
+
+
+def _neighbour_feature(root: strawberry.Parent[data.Neighbour], info: Info) -> Feature | None:
+    """The neighbouring feature itself."""
+    return load_feature(info, root.sae_id, root.index)
+
+
+Neighbour = record_type(
+    data.Neighbour, exclude=("sae_id",), resolvers={"feature": _neighbour_feature}
+)
+
+
+async def _summary(root: Feature, info: Info) -> data.FeatureSummary:
+    return await root.summary(info)
+
+
 class Feature:
+    """One SAE latent and everything its dashboard shows. Each field is fetched only when
+    asked for, batched across the request; the per-feature row's fields (FeatureSummary) are
+    generated below the class."""
+
     sae_id: strawberry.Private[str]
-    index: int
+    index: int = strawberry.field(description="The feature's index in its SAE.")
     known: strawberry.Private[data.FeatureSummary | None] = None
 
     async def summary(self, info: Info) -> data.FeatureSummary:
@@ -161,65 +129,86 @@ class Feature:
     def sae(self) -> strawberry.ID:
         return strawberry.ID(self.sae_id)
 
-    @strawberry.field(description="Counted tokens where the feature is active.")
-    async def n_active(self, info: Info) -> Long:
-        return Long((await self.summary(info)).n_active)
-
-    @strawberry.field(description="Fraction of counted tokens where the feature is active.")
-    async def density(self, info: Info) -> float:
-        return (await self.summary(info)).density
-
-    @strawberry.field(description="Largest activation over the corpus.")
-    async def max_activation(self, info: Info) -> float:
-        return (await self.summary(info)).max_activation
-
-    @strawberry.field(description="Mean of the non-zero activations.")
-    async def mean_activation(self, info: Info) -> float:
-        return (await self.summary(info)).mean_activation
-
-    @strawberry.field(description="Skewness of the non-zero activations.")
-    async def skew(self, info: Info) -> float | None:
-        return (await self.summary(info)).skew
-
-    @strawberry.field(description="Excess kurtosis of the non-zero activations.")
-    async def kurtosis(self, info: Info) -> float | None:
-        return (await self.summary(info)).kurtosis
-
-    @strawberry.field(description="Tokens this feature's decoder direction promotes most.")
+    @strawberry.field(description=field_doc(data.FeatureSummary, "top_logits"))
     async def top_logits(self, info: Info, first: int | None = None) -> list[LogitEntry]:
         n = page_size(info, first, None)
-        return [convert(LogitEntry, e) for e in (await self.summary(info)).top_logits[:n]]
+        return (await self.summary(info)).top_logits[:n]
 
     @strawberry.field(description="Tokens this feature's decoder direction suppresses most.")
     async def bottom_logits(self, info: Info, first: int | None = None) -> list[LogitEntry]:
         key = (self.sae_id, self.index, "bottom", page_size(info, first, None))
-        return [convert(LogitEntry, e) for e in await info.context.loaders.logits.load(key)]
+        return await info.context.loaders.logits.load(key)
 
     @strawberry.field(description="Histogram of the feature's non-zero activations.")
     async def histogram(self, info: Info) -> Histogram | None:
         found = await info.context.loaders.histograms.load((self.sae_id, self.index))
-        return convert(Histogram, found[0]) if found else None
+        return found[0] if found else None
 
     @strawberry.field(description="Histogram of the logit-lens values over the vocabulary.")
     async def logit_histogram(self, info: Info) -> Histogram | None:
         found = await info.context.loaders.histograms.load((self.sae_id, self.index))
-        return convert(Histogram, found[1]) if found else None
+        return found[1] if found else None
 
     @strawberry.field(description="Contexts where the feature fires hardest, strongest first.")
     async def top_examples(self, info: Info, first: int | None = None) -> list[Example]:
         key = (self.sae_id, self.index, page_size(info, first, None))
-        return examples(await info.context.loaders.top_examples.load(key))
+        return await info.context.loaders.top_examples.load(key)
 
     @strawberry.field(description="Equal-width activation intervals, highest first.")
     async def interval_samples(self, info: Info) -> list[IntervalSample]:
-        found = await info.context.loaders.intervals.load((self.sae_id, self.index))
-        return [convert(IntervalSample, s, examples=examples(s.examples)) for s in found]
+        return await info.context.loaders.intervals.load((self.sae_id, self.index))
 
     @strawberry.field(description="Nearest features by decoder cosine similarity.")
     async def neighbours(self, info: Info, first: int | None = None) -> list[Neighbour]:
         key = (self.sae_id, self.index, page_size(info, first, None))
-        found = await info.context.loaders.neighbours.load(key)
-        return [convert(Neighbour, n, sae_id=self.sae_id) for n in found]
+        return await info.context.loaders.neighbours.load(key)
+
+    # -- SAE weights (interop: saedex.weights) --
+
+    @strawberry.field(
+        description="The feature's decoder row: its direction in the hooked activation space "
+        "(dIn numbers), read from the SAE weights file the index run recorded."
+    )
+    async def decoder(self, info: Info) -> FloatList:
+        return await load_vector(info, self.sae_id, self.index, "decoder")
+
+    @strawberry.field(
+        description="The feature's encoder column (dIn numbers), from the same weights file."
+    )
+    async def encoder(self, info: Info) -> FloatList:
+        return await load_vector(info, self.sae_id, self.index, "encoder")
+
+    # -- explanations (saedex.api.explanations) --
+
+    @strawberry.field(
+        description="What the feature means, in words: current ones first, then the best "
+        "scored. With currentOnly, those made for earlier weights of this SAE are left out."
+    )
+    async def explanations(self, info: Info, current_only: bool = False) -> list[Explanation]:
+        found = await info.context.loaders.explanations.load((self.sae_id, self.index))
+        return [explanation_of(e) for e in found if e.current or not current_only]
+
+
+for _name, _resolver in delegating_resolvers(
+    data.FeatureSummary, _summary, exclude=("sae_id", "index", "top_logits")
+).items():
+    setattr(Feature, _name, strawberry.field(resolver=_resolver, description=_resolver.__doc__))
+Feature = strawberry.type(
+    Feature,
+    description="One SAE latent and everything its dashboard shows. Each field is fetched "
+    "only when asked for, batched across the request.",
+)
+
+
+async def load_vector(info: Info, sae_id: str, index: int, kind: str) -> list[float]:
+    """A weights row through the request's loader; weights that cannot be read are
+    UNAVAILABLE (the SAE directory moved since indexing), not a client error."""
+    try:
+        return await info.context.loaders.vectors.load((sae_id, index, kind))
+    except ApiError:
+        raise
+    except SaedexError as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 def feature_of(summary: data.FeatureSummary) -> Feature:
@@ -314,6 +303,40 @@ class FeatureMatch:
     example_matches: int = strawberry.field(
         description="How many of its top examples' contexts contain the query."
     )
+    matched_explanation: str | None = strawberry.field(
+        default=None, description="The feature's explanation that contains the query."
+    )
+
+
+def ranked_matches(sae_id: str, hits: list[tuple], explained: list) -> list[FeatureMatch]:
+    """One match per feature: explanations matching the query as whole words, then top-logit
+    token matches, then explanations containing it inside a word, then example-only matches
+    (any top example's context containing the text: the weakest evidence)."""
+    by_text = {h.feature: h for h in explained}
+    matches: dict[int, FeatureMatch] = {}
+
+    def add(index: int, tokens: list[str], n: int) -> None:
+        hit = by_text.get(index)
+        matches.setdefault(
+            index,
+            FeatureMatch(
+                index=index, feature=Feature(sae_id=sae_id, index=index), matched_tokens=tokens,
+                example_matches=n, matched_explanation=hit.text if hit else None,
+            ),
+        )  # fmt: skip
+
+    other = {i: (t, n) for i, t, n in hits}
+    for hit in explained:
+        if hit.whole_word:
+            add(hit.feature, *other.get(hit.feature, ([], 0)))
+    for i, t, n in hits:
+        if t:
+            add(i, t, n)
+    for hit in explained:
+        add(hit.feature, *other.get(hit.feature, ([], 0)))
+    for i, t, n in hits:
+        add(i, t, n)
+    return list(matches.values())
 
 
 @strawberry.type
@@ -380,48 +403,20 @@ class FeatureRef:
     index: int
 
 
-@strawberry.type(description="A feature's activation on every token of a document window.")
-class WindowFeature:
-    sae: strawberry.ID
-    index: int
-    activations: FloatList
+def _sae_of(root: strawberry.Parent[Any]) -> strawberry.ID:
+    """The SAE, by id."""
+    return strawberry.ID(root.sae_id)
 
 
-@strawberry.type(
-    description="A stretch of one document across the contexts the index cut it into. Offsets "
-    "count the document's tokens (a prepended BOS is not one). live: false means the stored "
-    "activations (attention restarted at each of contextStarts); true, one live run over the "
-    "whole window."
+def _window_end(root: strawberry.Parent[data.DocumentWindow]) -> int:
+    """The offset just past the window's last token."""
+    return root.end
+
+
+WindowFeature = record_type(data.WindowFeature, exclude=("sae_id",), resolvers={"sae": _sae_of})
+DocumentWindow = record_type(
+    data.DocumentWindow, exclude=("sae_id",), resolvers={"sae": _sae_of, "end": _window_end}
 )
-class DocumentWindow:
-    sae: strawberry.ID
-    document_id: str
-    source: str
-    focus: int = strawberry.field(description="The offset asked for (e.g. an example's max token).")
-    start: int
-    end: int
-    tokens: TokenList
-    token_ids: IntList
-    excluded: list[bool] = strawberry.field(description="Attention sinks the run left out.")
-    context_starts: IntList = strawberry.field(
-        description="Offsets inside the window where a context (or the live run) begins."
-    )
-    document_tokens: int = strawberry.field(description="Tokens the document has.")
-    indexed_tokens: int = strawberry.field(
-        description="Tokens of the document the index holds (fewer when the run stopped early)."
-    )
-    live: bool
-    features: list[WindowFeature]
-
-
-def window_of(window: data.DocumentWindow) -> DocumentWindow:
-    features = [
-        WindowFeature(sae=f.sae_id, index=f.index, activations=f.activations)
-        for f in window.features
-    ]
-    return convert(
-        DocumentWindow, window, sae=strawberry.ID(window.sae_id), end=window.end, features=features
-    )
 
 
 # -- the root --------------------------------------------------------------------------------
@@ -431,11 +426,11 @@ def window_of(window: data.DocumentWindow) -> DocumentWindow:
 class Query:
     @strawberry.field(description="Every SAE in the index.")
     def saes(self, info: Info) -> list[Sae]:
-        return [convert(Sae, s) for s in info.context.state.saes.values()]
+        return list(info.context.state.saes.values())
 
     @strawberry.field(description="One SAE by id.")
     def sae(self, info: Info, id: strawberry.ID) -> Sae | None:
-        return convert(Sae, info.context.state.sae(id))
+        return info.context.state.sae(id)
 
     @strawberry.field(description="One feature of an SAE by index.")
     def feature(self, info: Info, sae: strawberry.ID, index: int) -> Feature | None:
@@ -452,6 +447,12 @@ class Query:
         min_density: float | None = None,
         max_density: float | None = None,
         top_token: str | None = None,
+        has_explanation: Annotated[
+            bool | None,
+            strawberry.argument(
+                description="Only features with (true) or without (false) a current explanation."
+            ),
+        ] = None,
     ) -> FeatureConnection | None:
         state = info.context.state
         state.sae(sae)
@@ -468,11 +469,16 @@ class Query:
             min_density,
             max_density,
             top_token,
+            has_explanation,
         )
         info.context.loaders.prime(page.items)
         return connection(page, offset)
 
-    @strawberry.field(description="Features whose top-logit tokens or top examples contain a text.")
+    @strawberry.field(
+        description="Features whose explanations, top-logit tokens or top examples contain a "
+        "text: explanations matching it as whole words first, then top-logit tokens, then "
+        "explanations containing it inside a word, then top examples."
+    )
     async def search_features(
         self, info: Info, sae: strawberry.ID, query: str, first: int | None = 20
     ) -> list[FeatureMatch] | None:
@@ -480,20 +486,60 @@ class Query:
         state.sae(sae)
         text = query.strip()
         if not text or len(text) > MAX_QUERY_CHARS:
-            raise BadInput(f"query must have 1 to {MAX_QUERY_CHARS} characters")
-        hits = await run_sync(state.reader.search_features, sae, text, page_size(info, first, 20))
-        return [
-            FeatureMatch(
-                index=i, feature=Feature(sae_id=sae, index=i), matched_tokens=t, example_matches=n
-            )
-            for i, t, n in hits
-        ]
+            raise BadInput(f"query must have 1 to {MAX_QUERY_CHARS} non-blank characters")
+        limit = page_size(info, first, 20)
+        hits = await run_sync(state.reader.search_features, sae, text, limit)
+        explained = await run_sync(state.reader.search_explanations, sae, text, limit)
+        return ranked_matches(sae, hits, explained)[:limit]
 
     @strawberry.field(description="Live: the SAE's features on a text (runs the model).")
     async def active_features(
         self, info: Info, sae: strawberry.ID, text: str, top_k: int = 10
     ) -> ActiveFeatures | None:
         return active_of(await run_active(info.context, sae, text, top_k))
+
+    # -- steering and ablation (api/steer_schema.py; owner: inference) --
+
+    @strawberry.field(
+        description="Live: default and steered completions of a prompt, side by side "
+        "(runs the model; limits in ServeConfig)."
+    )
+    async def steer(
+        self,
+        info: Info,
+        sae: strawberry.ID,
+        prompt: str,
+        features: list[steer_schema.SteerFeatureInput],
+        mode: steer_schema.SteerMode = steer_schema.SteerMode.ADD,
+        n_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+        chat_template: bool = False,
+        n_shifts: int = 5,
+    ) -> steer_schema.Steering | None:
+        result = await steer_schema.run_steer(
+            info.context,
+            sae,
+            prompt,
+            features,
+            mode,
+            n_tokens,
+            temperature,
+            seed,
+            chat_template,
+            n_shifts,
+        )
+        return steer_schema.steering_of(result)
+
+    @strawberry.field(
+        description="Live: a feature ablated at every position of one of its top examples "
+        "(example 0 is the strongest): the change in each next token's log-probability."
+    )
+    async def ablation(
+        self, info: Info, sae: strawberry.ID, index: int, example: int = 0, n_shifts: int = 10
+    ) -> steer_schema.Ablation | None:
+        result = await steer_schema.run_ablation(info.context, sae, index, example, n_shifts)
+        return steer_schema.ablation_of(result)
 
     @strawberry.field(
         description="A document's tokens around a point (a context and position, e.g. an "
@@ -519,22 +565,21 @@ class Query:
         request = documents.WindowRequest(
             str(sae), refs, context_id, position, document_id, offset, before, after, live
         )
-        return window_of(await documents.document_window(info.context.state, request))
+        return await documents.document_window(info.context.state, request)
 
 
 async def run_active(context: Context, sae_id: str, text: str, top_k: int):
     """Check the request against the limits, then run the model (shared by REST)."""
     state = context.state
     info = state.sae(sae_id)
-    limits = state.config
+    limits = bounds(state.config)
     if state.inference is None:
         raise Unavailable("live inference is off: the server runs with --no-inference")
     if not text.strip():
         raise BadInput("text is empty")
-    if len(text) > limits.max_text_chars:
-        raise BadInput(f"text has {len(text)} characters; the limit is {limits.max_text_chars}")
-    if not 1 <= top_k <= limits.max_active_top_k:
-        raise BadInput(f"topK must be between 1 and {limits.max_active_top_k}, got {top_k}")
+    if len(text) > (most := limits["text"].high or 0):
+        raise BadInput(f"text has {len(text)} characters; the limit is {most}")
+    limits["topK"].check("topK", top_k)
     vocab = await run_sync(state.vocab, sae_id)
     return await state.inference.active_features(info, vocab, text, top_k)
 
@@ -548,7 +593,19 @@ async def run_sync(fn: Callable[..., T], *args: Any) -> T:
 
 
 class Schema(strawberry.Schema):
-    """Logs only unexpected errors (with their traceback); ours are the client's business."""
+    """Logs only unexpected errors (with their traceback); ours are the client's business.
+    Variables that are valid JSON but not valid Unicode (a lone surrogate) are refused before
+    execution, as GraphQL refuses a variable of the wrong type."""
+
+    async def execute(self, query: str | None, variable_values: dict | None = None, **kwargs):
+        try:
+            for name, value in (variable_values or {}).items():
+                check_unicode(f"variable ${name}", value)
+        except BadInput as exc:
+            return ExecutionResult(
+                data=None, errors=[GraphQLError(str(exc), extensions=exc.extensions)]
+            )
+        return await super().execute(query, variable_values, **kwargs)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -556,14 +613,15 @@ class Schema(strawberry.Schema):
         super().process_errors([e for e in errors if is_unexpected(e)], execution_context)
 
 
-def build_schema(config: ServeConfig) -> Schema:
-    """The schema with its limits; parsed and validated documents are cached across requests."""
-    depth_rules = QueryDepthLimiter(max_depth=config.max_query_depth).validation_rules
+def build_schema(config: ServeConfig, sizes: ListSizes | None = None) -> Schema:
+    """The schema with its limits (api/limits.py; `sizes`: the served index's list sizes, for
+    the node budget); parsed and validated documents are cached across requests."""
     return Schema(
         query=Query,
+        mutation=Mutation,
         config=StrawberryConfig(scalar_map=SCALARS),
         extensions=[
-            lambda: AddValidationRules(depth_rules),
+            *limit_extensions(config, sizes or ListSizes.of([], config)),
             ParserCache,
             ValidationCache,
             MaskUnexpected,

@@ -6,9 +6,12 @@ Prints, from one run:
 1. p50/p99 of `feature { topExamples(first: 20) { tokens activations ... } }` through the API
    (in-process, httpx's ASGI transport) and of the same data read straight from DuckDB (one
    SQL query, cursor + fetchall), interleaved feature by feature, and their ratio;
-2. throughput of that query against a real `saedex serve` (uvicorn on 127.0.0.1) under
-   concurrent load for --duration seconds, with the error count;
-3. p50 of `activeFeatures` on a 64-token text (the index's model and SAE, CPU).
+2. mixed load against a real `saedex serve` (uvicorn on 127.0.0.1, live inference on, torch
+   --threads): --concurrency clients for --duration seconds, each request drawn at random:
+   --live-share of them `activeFeatures` on a 64-token text (batched by the server), the rest
+   index queries (half one feature's top examples, half a page of 20 features); p50/p99 per
+   kind, throughput and errors;
+3. p50 of `activeFeatures` on a 64-token text alone, in-process (the index's model and SAE, CPU).
 
 If --db does not exist it is built first: `saedex index` over --corpus with --sae, or, without
 --sae, a random TopK SAE of the default shape (d_in 576, d_sae 4608, k 32, layer 6).
@@ -33,6 +36,7 @@ import duckdb
 import httpx
 import torch
 
+from saedex.api.schema import encode_cursor
 from saedex.config import ServeConfig
 from saedex.store import IndexReader
 from saedex.store.views import connect
@@ -181,12 +185,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PAGE_QUERY = """query ($sae: ID!, $after: String) { features(sae: $sae, first: 20, after: $after) {
+  edges { node { index density maxActivation topLogits(first: 5) { token value } } } } }"""
+
+
 @contextlib.contextmanager
-def server(db: Path, port: int) -> Iterator[str]:
-    """`saedex serve` in a subprocess (no live inference), until the block ends."""
+def server(db: Path, port: int, threads: int) -> Iterator[str]:
+    """`saedex serve` in a subprocess (live inference on), until the block ends."""
     cmd = [sys.executable, "-m", "saedex.cli", "serve", "--db", str(db), "--port", str(port)]
     proc = subprocess.Popen(
-        [*cmd, "--no-inference"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, "--threads", str(threads), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -194,7 +204,11 @@ def server(db: Path, port: int) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -209,54 +223,98 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise RuntimeError("saedex serve did not start")
 
 
-async def load(db: Path, sae_id: str, args) -> None:
-    """`--concurrency` clients loop over random features until `--duration` runs out."""
+STEER_QUERY = """query ($sae: ID!, $prompt: String!, $index: Int!) {
+  steer(sae: $sae, prompt: $prompt, features: [{index: $index, strength: 40}], nTokens: 32) {
+    default { text } steered { text steps { logprob } } } }"""
+
+
+def requests(sae_id: str, features: list[int], texts: list[str], args, seed: int):
+    """An endless random mix of (kind, query, variables)."""
+    rng = random.Random(seed)
+    share = args.live_share
+    while True:
+        draw = rng.random()
+        if draw < args.steer_share:
+            variables = {
+                "sae": sae_id,
+                "prompt": rng.choice(texts)[:80],
+                "index": rng.choice(features),
+            }
+            yield "steer", STEER_QUERY, variables
+        elif draw < args.steer_share + share:
+            yield "activeFeatures", ACTIVE_QUERY, {"sae": sae_id, "text": rng.choice(texts)}
+        elif rng.random() < 0.5:
+            yield "feature", FEATURE_QUERY, {"sae": sae_id, "index": rng.choice(features)}
+        else:
+            after = encode_cursor(rng.randrange(0, 4000, 20))
+            yield "features page", PAGE_QUERY, {"sae": sae_id, "after": after}
+
+
+async def load(reader: IndexReader, db: Path, sae_id: str, args) -> None:
+    """Mixed load: `--concurrency` clients, back to back, until `--duration` runs out."""
     features = live_features(db, sae_id, 10_000, args.seed + 1)
-    with server(db, free_port()) as url:
+    texts = [text_of(db, sae_id, reader, 64, offset) for offset in range(7, 27)]
+    with server(db, free_port(), args.threads) as url:
         limits = httpx.Limits(max_connections=args.concurrency)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            started = time.perf_counter()
+            warm = {"sae": sae_id, "text": texts[0]}
+            await client.post(
+                "/graphql", json={"query": ACTIVE_QUERY, "variables": warm}, timeout=600
+            )
+            print(
+                f"\n   (server up; first activeFeatures loads the model: "
+                f"{time.perf_counter() - started:.1f} s)"
+            )
             for index in features[:20]:
                 await graphql(client, FEATURE_QUERY, {"sae": sae_id, "index": index})
             deadline = time.perf_counter() + args.duration
             results = await asyncio.gather(
                 *(
-                    worker(client, sae_id, features[w :: args.concurrency], deadline)
+                    worker(client, requests(sae_id, features, texts, args, w), deadline)
                     for w in range(args.concurrency)
                 )
             )
-    ms = [t for r in results for t in r[0]]
+    by_kind: dict[str, list[float]] = {}
     errors = sum(r[1] for r in results)
-    p50, p99 = percentiles(ms)
-    print(f"\n2. load: {args.concurrency} concurrent clients, {args.duration:g} s, real uvicorn")
-    print(f"   {len(ms):,} requests, {len(ms) / args.duration:,.0f} req/s, {errors} errors")
-    print(f"   latency under load p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+    for r in results:
+        for kind, ms in r[0]:
+            by_kind.setdefault(kind, []).append(ms)
+    n = sum(len(v) for v in by_kind.values())
+    print(
+        f"\n2. mixed load: {args.concurrency} clients, {args.duration:g} s, real uvicorn, "
+        f"live inference on ({args.threads} torch threads), {args.live_share:.0%} activeFeatures"
+    )
+    print(f"   {n:,} requests, {n / args.duration:,.0f} req/s, {errors} errors")
+    for kind, ms in sorted(by_kind.items()):
+        p50, p99 = percentiles(ms)
+        print(f"   {kind:15s} n={len(ms):6,d}   p50 {p50:8.2f} ms   p99 {p99:8.2f} ms")
 
 
-async def worker(
-    client: httpx.AsyncClient, sae_id: str, features: list[int], deadline: float
-) -> tuple[list[float], int]:
-    """Requests back to back until the deadline: (latencies in ms, errors)."""
-    ms, errors, i = [], 0, 0
+async def worker(client: httpx.AsyncClient, mix, deadline: float):
+    """Requests back to back until the deadline: ([(kind, ms)], errors)."""
+    out, errors = [], 0
     while time.perf_counter() < deadline:
-        variables = {"sae": sae_id, "index": features[i % len(features)]}
-        i += 1
+        kind, query, variables = next(mix)
         try:
-            ms.append(await timed(lambda v=variables: graphql(client, FEATURE_QUERY, v)))
-        except (httpx.HTTPError, RuntimeError):
+            out.append((kind, await timed(lambda q=query, v=variables: graphql(client, q, v))))
+        except (httpx.HTTPError, RuntimeError) as exc:
             errors += 1
-    return ms, errors
+            if errors <= 3:
+                print(f"   error ({kind}): {str(exc)[:200]}")
+    return out, errors
 
 
 # -- live inference --------------------------------------------------------------------------
 
 
-def text_of(db: Path, sae_id: str, reader: IndexReader, n_tokens: int) -> str:
+def text_of(db: Path, sae_id: str, reader: IndexReader, n_tokens: int, offset: int = 7) -> str:
     """n_tokens of real text from the index (a context's tokens after BOS), decoded."""
     con = connect(db)  # all runs of the store, under the table names
     ids = con.execute(
         "SELECT token_ids FROM contexts WHERE sae_id = ? AND len(token_ids) > ? "
-        "ORDER BY context_id LIMIT 1 OFFSET 7",
-        [sae_id, n_tokens + 1],
+        "ORDER BY context_id LIMIT 1 OFFSET ?",
+        [sae_id, n_tokens + 1, offset],
     ).fetchone()[0]
     con.close()
     vocab = reader.vocab(reader.sae(sae_id).model_name)
@@ -277,11 +335,27 @@ async def live(reader: IndexReader, db: Path, sae_id: str, args) -> None:
         first = await graphql(c, ACTIVE_QUERY, variables)
         load_s = time.perf_counter() - started
         ms = [await timed(lambda: graphql(c, ACTIVE_QUERY, variables)) for _ in range(args.live)]
+        texts = [text_of(db, sae_id, reader, 64, offset) for offset in range(7, 15)]
+        burst = {}
+        for name, bound in (("one at a time", 1), ("batched", ServeConfig().batch_max_contexts)):
+            engine.max_contexts = bound  # 1: each forward runs one text, in arrival order
+            burst[name] = []
+            for _ in range(args.bursts):
+                burst[name] += await asyncio.gather(
+                    *(
+                        timed(lambda t=t: graphql(c, ACTIVE_QUERY, {"sae": sae_id, "text": t}))
+                        for t in texts
+                    )
+                )
     n = len(first["activeFeatures"]["tokens"])
     p50, p99 = percentiles(ms)
     print(f"\n3. activeFeatures, {n}-token text, CPU ({torch.get_num_threads()} threads)")
     print(f"   first call (loads model + SAE) {load_s:.1f} s")
-    print(f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({args.live} runs)")
+    print(f"   alone: p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({args.live} runs)")
+    print(f"   {len(texts)} at once, {args.bursts} bursts (per-request latency):")
+    for name, times in burst.items():
+        b50, b99 = percentiles(times)
+        print(f"     {name:14s} p50 {b50:8.1f} ms   p99 {b99:8.1f} ms")
 
 
 def pick_sae(reader: IndexReader, args: argparse.Namespace) -> str:
@@ -311,7 +385,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60, help="seconds of load (0: skip)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent load clients")
     p.add_argument("--live", type=int, default=20, help="activeFeatures runs (0: skip)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for live inference")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for live inference")
+    p.add_argument("--bursts", type=int, default=3, help="bursts of 8 concurrent live requests")
+    p.add_argument("--live-share", type=float, default=0.05, help="activeFeatures share of load")
+    p.add_argument("--steer-share", type=float, default=0.0, help="steer share of load")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(  # replicas (store): bench/replica_bench.py
         "--replicas", type=int, nargs="*", default=[], help="also: throughput with N workers"
@@ -327,7 +404,7 @@ async def main(args: argparse.Namespace) -> None:
         print(describe(reader, sae_id))
         await latency(reader, args.db, sae_id, args)
         if args.duration > 0:
-            await load(args.db, sae_id, args)
+            await load(reader, args.db, sae_id, args)
         if args.live > 0:
             await live(reader, args.db, sae_id, args)
     if args.replicas:  # replicas (store)

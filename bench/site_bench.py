@@ -1,12 +1,15 @@
-"""Static-site export and build times for one indexed SAE.
+"""Static-site figures at real widths: size, files, time and memory of `export-site`.
 
-    python bench/site_bench.py --db index.duckdb --sae ID [--out DIR] [--workers N] [--keep]
+    python bench/site_bench.py [--tokens 50000] [--widths 4608 65536] [--workers 2]
+    python bench/site_bench.py --db index.duckdb --sae ID [--sae ID ...]
 
-Prints, from one run into a fresh folder (or --out): the export (feature pages rendered from the
-index by worker processes) and the MkDocs build, each as wall time and time per page; then an
-unchanged re-export (every page compared, none written); the peak RSS of this process and of
-the largest worker; and the size of the Markdown project and of the built site. The machine's
-load average is printed too: these 2-core machines are shared, so read times with it.
+Without --db it indexes, over the first --tokens tokens of the default corpus on the default
+model, the shipped 4,608-feature SAE ("default") and, for every other width, a random TopK SAE
+(k 64, unit-norm random decoder, encoder = decoder^T) on the same hook, into one temporary file.
+Then each SAE is exported and built on its own, in a fresh process (so its peak RSS is its own):
+export and build wall time, peak RSS of the exporting process and of its largest worker, the
+built site's total size and file count, and the feature pages' size. The machine's load average
+is printed too: these 2-core machines are shared, so read times with it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -24,9 +29,11 @@ from saedex.config import SiteConfig
 from saedex.site.build import build_site
 from saedex.site.export import SiteJob, export_site
 
+LIMIT_BYTES, LIMIT_FILES = 2**30, 20_000  # GitHub Pages' site size, Cloudflare Pages' files
 
-def _size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
 
 
 def _peak_rss_mb() -> tuple[float, float]:
@@ -35,43 +42,111 @@ def _peak_rss_mb() -> tuple[float, float]:
     return own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def run(db: Path, sae: str, out: Path, workers: int, progress: bool) -> None:
+def measure(db: Path, saes: list[str], out: Path, workers: int, progress: bool) -> None:
+    """Export and build `saes` into `out`, and print the figures."""
     cfg = replace(SiteConfig(), workers=workers)
-    job = SiteJob(db, sae, out, cfg)
+    job = SiteJob(db, tuple(saes), out, cfg)
     export = export_site(job, progress=progress)
     started = time.perf_counter()
     site = build_site(out, workers, progress)
     build_s = time.perf_counter() - started
-    again = export_site(job, progress=progress)
     own, child = _peak_rss_mb()
-    n = export.pages
-    print(
-        f"load average     {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)"
-    )
-    print(f"pages            {n:,} ({workers} workers)")
-    print(f"export           {export.export_s:7.1f} s  {1000 * export.export_s / n:6.2f} ms/page")
-    print(f"build            {build_s:7.1f} s  {1000 * build_s / n:6.2f} ms/page")
+    files = _files(site)
+    total = sum(p.stat().st_size for p in files)
+    blocks = [p.stat().st_size for p in site.glob("*/features/*.html")]
+    data = sum(p.stat().st_size for p in _files(site / "data"))
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"SAE(s)           {', '.join(export.saes)}")
+    print(f"load average     {load} ({os.cpu_count()} CPUs, {workers} workers)")
+    print(f"export           {export.export_s:7.1f} s")
+    print(f"build            {build_s:7.1f} s")
     print(f"export + build   {export.export_s + build_s:7.1f} s")
-    print(f"re-export        {again.export_s:7.1f} s  ({again.written} files written)")
     print(f"peak RSS         {own:7.0f} MB (main), {child:.0f} MB (largest worker)")
-    print(f"project / site   {_size_mb(out / 'docs'):7.0f} MB / {_size_mb(site):.0f} MB -> {site}")
+    print(
+        f"site             {total / 2**20:7.0f} MB in {len(files):,} files "
+        f"({'within' if total <= LIMIT_BYTES and len(files) <= LIMIT_FILES else 'OVER'} "
+        "1 GB / 20,000 files)"
+    )
+    if blocks:
+        print(
+            f"feature pages    {len(blocks):,} of {cfg.features_per_page} features, mean "
+            f"{sum(blocks) / len(blocks) / 1024:.0f} KB, max {max(blocks) / 1024:.0f} KB"
+        )
+    print(f"shared data      {data / 2**20:7.1f} MB (vocabulary, contexts, search shards)")
+
+
+# -- the indexes -------------------------------------------------------------------------------
+
+
+def random_sae(path: Path, d_sae: int, k: int = 64, seed: int = 0) -> Path:
+    """A TopK SAE on the default hook with unit-norm random decoder rows."""
+    import torch
+
+    from saedex.indexer.sae import SaeConfig, save_sae
+
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(d_sae, 576, generator=gen)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    weights = {
+        "W_enc": w_dec.T.contiguous(),
+        "b_enc": torch.zeros(d_sae),
+        "W_dec": w_dec,
+        "b_dec": torch.zeros(576),
+    }
+    cfg = SaeConfig(
+        "topk", 576, d_sae, "blocks.6.hook_resid_post", "HuggingFaceTB/SmolLM2-135M-Instruct", k=k
+    )
+    return save_sae(path, weights, cfg)
+
+
+def build_index(db: Path, widths: list[int], tokens: int) -> list[str]:
+    """Index the shipped SAE (4,608) and random TopK SAEs of the other widths into `db`."""
+    ids = []
+    for width in widths:
+        sae = "default" if width == 4608 else str(random_sae(db.parent / f"sae-{width}", width))
+        sae_id = f"{'default' if width == 4608 else 'random-topk'}-{width}"
+        cmd = [sys.executable, "-m", "saedex.cli", "index", "--db", str(db), "--sae", sae]
+        cmd += ["--sae-id", sae_id, "--corpus", "default", "--max-tokens", str(tokens), "--quiet"]
+        print("indexing:", " ".join(cmd), flush=True)
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        print(f"  {time.perf_counter() - started:.0f} s", flush=True)
+        ids.append(sae_id)
+    return ids
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", type=Path, required=True)
-    parser.add_argument("--sae", required=True)
-    parser.add_argument("--out", type=Path, help="project folder [default: a temporary one]")
+    parser.add_argument("--db", type=Path, help="an existing index [default: build one]")
+    parser.add_argument("--sae", action="append", help="SAE id(s) in --db, each measured alone")
+    parser.add_argument("--widths", type=int, nargs="+", default=[4608, 65536])
+    parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=SiteConfig().workers)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary project")
+    parser.add_argument("--out", type=Path, help="project folder [default: a temporary one]")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="saedex-site-bench-")) / "project"
+    scratch = Path(tempfile.mkdtemp(prefix="saedex-site-bench-"))
     try:
-        run(args.db, args.sae, out, max(1, args.workers), not args.quiet)
+        if args.measure:
+            measure(args.db, args.sae, args.out, max(1, args.workers), not args.quiet)
+            return
+        db = args.db or scratch / "index.duckdb"
+        saes = args.sae or build_index(db, args.widths, args.tokens)
+        for sae in saes:
+            out = (args.out or scratch) / f"project-{len(saes)}-{saes.index(sae)}"
+            cmd = [sys.executable, __file__, "--measure", "--db", str(db), "--sae", sae]
+            cmd += ["--out", str(out), "--workers", str(args.workers)]
+            print(
+                f"\n$ uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
+            )
+            subprocess.run(cmd + (["--quiet"] if args.quiet else []), check=True)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
     finally:
-        if args.out is None and not args.keep:
-            shutil.rmtree(out.parent, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

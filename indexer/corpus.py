@@ -77,13 +77,25 @@ def _read_file(path: Path, stats: CorpusStats, split: str | None, doc_prefix: st
         if not isinstance(text, str) or not text.strip():
             stats.skip("empty")
             continue
+        if not _storable(row):
+            stats.skip("undecodable")
+            continue
         stats.documents += 1
         yield Document(
-            doc_id=str(row.get("id") or row.get("doc_id") or f"{doc_prefix}#{i}"),
+            doc_id=_doc_id(row, f"{doc_prefix}#{i}"),
             source=str(row.get("source") or doc_prefix),
             text=text,
-            licence=row.get("licence") or row.get("license"),
+            licence=_licence(row),
         )
+
+
+def _doc_id(row: dict, fallback: str) -> str:
+    """The row's own `id` or `doc_id` (0 and "" are ids too), else its place in the file."""
+    for key in ("id", "doc_id"):
+        value = row.get(key)
+        if value is not None and str(value).strip():
+            return str(value)
+    return fallback
 
 
 def _text_rows(path: Path, stats: CorpusStats, doc_id: str):
@@ -105,13 +117,14 @@ def _jsonl_rows(path: Path, stats: CorpusStats):
                 continue
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 stats.skip("undecodable")
                 continue
             if not isinstance(row, dict):
                 stats.skip("not an object")
                 continue
-            row.setdefault("id", f"{path.name}:{line_no}")
+            if _doc_id(row, "") == "":  # a row without its own id is named by its line
+                row["id"] = f"{path.name}:{line_no}"
             yield row
 
 
@@ -121,11 +134,40 @@ def _parquet_rows(path: Path):
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise SaedexError(f"corpus file is not valid Parquet: {path} ({exc})") from exc
+        raise _bad_parquet(path, exc) from exc
     if "text" not in pf.schema_arrow.names:
         raise SaedexError(f"Parquet corpus has no 'text' column: {path}")
-    for batch in pf.iter_batches(batch_size=256):
+    batches = pf.iter_batches(batch_size=256)
+    while True:
+        try:  # a damaged page shows only when its batch is read
+            batch = next(batches, None)
+        except Exception as exc:
+            raise _bad_parquet(path, exc) from exc
+        if batch is None:
+            return
         yield from batch.to_pylist()
+
+
+def _bad_parquet(path: Path, exc: Exception) -> SaedexError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SaedexError(f"corpus file is not valid Parquet: {path} ({reason})")
+
+
+def _storable(row: dict) -> bool:
+    """False when a string the document keeps cannot be UTF-8 (a lone surrogate, which
+    JSON's \\ud800 can spell): neither the tokenizer nor the store would take it."""
+    try:
+        for key in ("text", "id", "doc_id", "source", "licence", "license"):
+            if isinstance(value := row.get(key), str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _licence(row: dict) -> str | None:
+    licence = row.get("licence") or row.get("license")
+    return licence if isinstance(licence, str) else None
 
 
 @dataclass(frozen=True)
@@ -167,12 +209,32 @@ def tokenize_contexts(
     max_tokens: int | None = None,
 ) -> Iterator[Context]:
     """Cut documents into contexts; appends a row per document to `doc_sink` as it goes."""
+    return cut_contexts(
+        _tokenized(documents, tokenizer),
+        context_size,
+        prepend_bos,
+        bos_token_id,
+        doc_sink,
+        max_tokens,
+    )
+
+
+def cut_contexts(
+    documents: Iterator[tuple[Document, list[int]]],
+    context_size: int,
+    prepend_bos: bool,
+    bos_token_id: int,
+    doc_sink: list | None = None,
+    max_tokens: int | None = None,
+) -> Iterator[Context]:
+    """Cut (document, token ids) pairs into contexts, whether the ids come from the tokenizer
+    or from a pretokenized corpus (indexer/pretokenized.py)."""
     if context_size < 2:
         raise SaedexError(f"context size must be at least 2, got {context_size}")
     body = context_size - 1 if prepend_bos else context_size
     context_id = 0
     tokens_seen = 0
-    for doc_index, (doc, ids) in enumerate(_tokenized(documents, tokenizer)):
+    for doc_index, (doc, ids) in enumerate(documents):
         if doc_sink is not None:
             doc_sink.append(
                 {

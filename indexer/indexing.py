@@ -8,7 +8,6 @@ neighbours). Killing it at any point and running the same command again finishes
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
@@ -22,11 +21,12 @@ from saedex import provenance
 from saedex.config import IndexConfig
 from saedex.data import SaeInfo
 from saedex.errors import SaedexError
-from saedex.indexer.corpus import CorpusStats, read_documents, resolve_corpus, tokenize_contexts
+from saedex.indexer.corpus import CorpusStats, resolve_corpus
 from saedex.indexer.lens import folded_unembed, is_layernorm, logit_lens, neighbours
 from saedex.indexer.model import (
     DEFAULT_MODEL,
     LoadedModel,
+    check_context_size,
     default_gguf,
     forward_to_hook,
     load_model,
@@ -34,7 +34,8 @@ from saedex.indexer.model import (
     resolve_device,
     validate_hook,
 )
-from saedex.indexer.sae import SparseAutoencoder, load_sae, resolve_sae
+from saedex.indexer.pretokenized import corpus_contexts
+from saedex.indexer.sae import SparseAutoencoder, check_indexable, load_sae, resolve_sae
 from saedex.progress import progress_bar
 from saedex.store import IndexReader, IndexWriter
 from saedex.store.catalog import Catalog
@@ -71,7 +72,7 @@ def run_index(job: IndexJob, progress: bool = True, model: LoadedModel | None = 
     sae_dir = resolve_sae(job.sae)
     sae = load_sae(sae_dir)
     corpus_path = resolve_corpus(job.corpus)
-    _check_model_fits(job.model, sae)
+    _check_model_fits(job.model, sae, job.config.context_size)
     sae_id = job.sae_id or default_sae_id(sae_dir)
     made_of = run_provenance(job, sae_dir, corpus_path)
     prepare_base(job.db)
@@ -99,9 +100,12 @@ def run_index(job: IndexJob, progress: bool = True, model: LoadedModel | None = 
         return reader.sae(sae_id)
 
 
-def _check_model_fits(model_spec: str, sae: SparseAutoencoder) -> None:
-    """Wrong d_in or a layer past the model's end: fail before loading any weights."""
+def _check_model_fits(model_spec: str, sae: SparseAutoencoder, context_size: int) -> None:
+    """A hook off the residual stream, wrong d_in, a layer past the model's end or a context
+    longer than its positions: fail before loading any weights."""
+    check_indexable(sae.cfg)
     config = model_config(model_spec)
+    check_context_size(model_spec, config, context_size)
     d_model = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
     if d_model is not None and d_model != sae.cfg.d_in:
         raise SaedexError(
@@ -202,18 +206,19 @@ def _plan(job, writer, model, run: dict, corpus_path, progress) -> None:
     sae_id = run["sae_id"]
     started = time.perf_counter()
     stats = CorpusStats()
-    docs = read_documents(corpus_path, stats)
-    if cfg.max_documents is not None:
-        docs = itertools.islice(docs, cfg.max_documents)
     documents: list[dict] = []
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
-    contexts = tokenize_contexts(
-        docs,
+    # Text is tokenised; a pretokenized corpus (token-id rows) is read as given (interop).
+    contexts = corpus_contexts(
+        corpus_path,
+        stats,
         model.tokenizer,
+        model.vocab_size,
         cfg.context_size,
         cfg.prepend_bos,
         model.bos_token_id,
         doc_sink=documents,
+        max_documents=cfg.max_documents,
         max_tokens=cfg.max_tokens,
     )
     rows = (

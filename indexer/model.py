@@ -86,6 +86,24 @@ def model_config(spec: str):
         raise SaedexError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
 
 
+def max_positions(config) -> int | None:
+    """The longest sequence the model's position embeddings allow, if its config says."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context_size(spec: str, config, context_size: int) -> None:
+    """Refuse a context the model cannot attend over, before any tokenising."""
+    limit = max_positions(config)
+    if limit is not None and context_size > limit:
+        raise SaedexError(
+            f"context size {context_size} is longer than model {spec!r} allows ({limit} positions)"
+        )
+
+
 def load_model(
     spec: str, device: str | None = None, dtype: str | None = None, progress: bool = True
 ) -> LoadedModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,14 @@ ARCHITECTURES = ("standard", "topk", "jumprelu")
 DEFAULT_SAE = "default"
 DEFAULT_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-res6"
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.")
+# Hooks whose activations are not d_model-wide residual-stream vectors: attention's per-head
+# queries, keys, values, z and patterns, and the MLP's hidden layer. An SAE there has decoder
+# directions the logit lens cannot read (they are not in the residual stream).
+_NOT_RESIDUAL_RE = re.compile(
+    r"\.(attn\.)?hook_(z|q|k|v|rot_q|rot_k|pattern|attn_scores|result)$"
+    r"|\.mlp\.hook_(pre|post|pre_linear)$"
+)
+RESIDUAL_HOOKS = "hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,16 @@ class SaeConfig:
     @property
     def hook_layer(self) -> int:
         return hook_layer(self.hook_name)
+
+
+def check_indexable(cfg: SaeConfig) -> None:
+    """Refuse an SAE on a hook the indexer cannot read as the residual stream, naming the hook
+    (else it fails later with a width mismatch that blames the model)."""
+    if _NOT_RESIDUAL_RE.search(cfg.hook_name):
+        raise SaedexError(
+            f"SAE hook {cfg.hook_name!r} is not in the residual stream: saedex indexes SAEs on "
+            f"{RESIDUAL_HOOKS} hooks, whose decoder directions the logit lens can read"
+        )
 
 
 def hook_layer(hook_name: str) -> int:
@@ -151,7 +170,7 @@ def read_cfg(path: Path) -> SaeConfig:
         raise SaedexError(f"SAE config missing: {cfg_path}")
     try:
         raw = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SaedexError(f"SAE config is not valid JSON: {cfg_path} ({exc})") from exc
     if not isinstance(raw, dict):
         raise SaedexError(f"SAE config is not a JSON object: {cfg_path}")
@@ -160,6 +179,7 @@ def read_cfg(path: Path) -> SaeConfig:
 
 def parse_cfg(raw: dict, where: Path | str = "cfg.json") -> SaeConfig:
     """Read either cfg generation into a SaeConfig."""
+    _check_objects(raw, where)
     meta = raw.get("metadata") or {}
     architecture = raw.get("architecture", "standard")
     if architecture not in ARCHITECTURES:
@@ -170,29 +190,65 @@ def parse_cfg(raw: dict, where: Path | str = "cfg.json") -> SaeConfig:
     norm = raw.get("normalize_activations", "none") or "none"
     if norm != "none":
         raise SaedexError(f"unsupported normalize_activations={norm!r} in {where}")
+    reshape = raw.get("reshape_activations", "none") or "none"
+    if reshape != "none":
+        raise SaedexError(
+            f"unsupported reshape_activations={reshape!r} in {where}: saedex runs SAEs on a "
+            f"hook's activations as they are ({RESIDUAL_HOOKS} hooks)"
+        )
     hook_name = meta.get("hook_name") or raw.get("hook_name") or raw.get("hook_point")
-    if not hook_name:
+    if not hook_name or not isinstance(hook_name, str):
         raise SaedexError(f"SAE config names no hook (metadata.hook_name) in {where}")
     k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
     if architecture == "topk" and not k:
         raise SaedexError(f"TopK SAE config has no k in {where}")
-    try:
-        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SaedexError(f"SAE config needs integer d_in and d_sae in {where}") from exc
+    d_in, d_sae = _count(raw.get("d_in"), "d_in", where), _count(raw.get("d_sae"), "d_sae", where)
     hook_layer(hook_name)
     return SaeConfig(
         architecture=architecture,
         d_in=d_in,
         d_sae=d_sae,
         hook_name=hook_name,
-        model_name=meta.get("model_name") or raw.get("model_name"),
-        k=int(k) if k else None,
+        k=_count(k, "k", where) if k else None,
         apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", False)),
-        prepend_bos=meta.get("prepend_bos", raw.get("prepend_bos")),
-        context_size=meta.get("context_size", raw.get("context_size")),
+        **_optional_fields(raw, meta, where),
         metadata=meta,
     )
+
+
+def _check_objects(raw: dict, where: Path | str) -> None:
+    """The nested parts the parser reads into must be JSON objects, or it would crash."""
+    for key in ("metadata", "activation_fn_kwargs"):
+        if raw.get(key) and not isinstance(raw[key], dict):
+            raise SaedexError(f"SAE config field {key!r} must be an object in {where}")
+
+
+def _count(value: object, name: str, where: Path | str) -> int:
+    """A positive integer (4, 4.0 or "4"), or one clear error."""
+    try:
+        number = int(value) if not isinstance(value, bool) else None
+        exact = number is not None and number == float(value)
+    except (TypeError, ValueError, OverflowError):
+        number, exact = None, False
+    if number is None or not exact or number <= 0:
+        raise SaedexError(
+            f"SAE config needs a positive integer {name}, got {reprlib.repr(value)}, in {where}"
+        )
+    return number
+
+
+def _optional_fields(raw: dict, meta: dict, where: Path | str) -> dict:
+    """model_name, prepend_bos and context_size (metadata first), None when absent."""
+    model_name = meta.get("model_name") or raw.get("model_name")
+    prepend_bos = meta.get("prepend_bos", raw.get("prepend_bos"))
+    context_size = meta.get("context_size", raw.get("context_size"))
+    if model_name is not None and not isinstance(model_name, str):
+        raise SaedexError(f"SAE config model_name must be a string in {where}")
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise SaedexError(f"SAE config prepend_bos must be true or false in {where}")
+    if context_size is not None:
+        context_size = _count(context_size, "context_size", where)
+    return {"model_name": model_name, "prepend_bos": prepend_bos, "context_size": context_size}
 
 
 def _check_shapes(cfg: SaeConfig, weights: dict[str, torch.Tensor], where: Path) -> None:

@@ -58,7 +58,6 @@ from saedex.store.writer import Batch
 
 log = logging.getLogger("saedex.train")
 
-ARCHITECTURES = ("topk", "standard")
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "checkpoint.pt"
 REPORT_FILE = "report.json"
@@ -68,8 +67,6 @@ DENSE_THRESHOLD = 0.1  # a latent firing on more than 10% of held-out tokens is 
 LR_DECAY_FRACTION = 0.2  # the learning rate falls linearly to 0 over the last 20% of steps
 L1_WARMUP_FRACTION = 0.05  # the L1 coefficient ramps up over the first 5% of steps
 MEDIAN_SAMPLE = 16_384  # activations used to initialise b_dec
-POSITIVE_SETTINGS = ("d_sae", "batch_tokens", "model_batch_size", "checkpoint_every")
-POSITIVE_SETTINGS += ("eval_tokens", "ce_eval_tokens", "corpus_tokens")  # None: not set
 # Settings a resumed run may change: they do not alter the trained weights.
 RESUME_SAFE = {"checkpoint_every", "eval_tokens", "ce_eval_tokens"}
 
@@ -176,26 +173,8 @@ def train_sae(job: TrainJob, progress: bool = True, resume: bool = True) -> Trai
 
 
 def _validate(job: TrainJob) -> None:
-    """Cheap checks, before any corpus or model work."""
-    cfg = job.config
-    if cfg.architecture not in ARCHITECTURES:
-        raise SaedexError(
-            f"unknown architecture {cfg.architecture!r} (choose from {', '.join(ARCHITECTURES)})"
-        )
-    for name in POSITIVE_SETTINGS:
-        value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise SaedexError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if cfg.architecture == "topk" and not 0 < cfg.k <= cfg.d_sae:
-        raise SaedexError(f"k must be between 1 and d_sae ({cfg.d_sae}), got {cfg.k}")
-    if cfg.total_tokens < cfg.batch_tokens:
-        raise SaedexError(
-            f"total tokens ({cfg.total_tokens:,}) must be at least one batch ({cfg.batch_tokens:,})"
-        )
-    if cfg.buffer_tokens < cfg.batch_tokens:
-        raise SaedexError("the buffer must hold at least one batch of tokens")
-    if cfg.lr <= 0:
-        raise SaedexError(f"learning rate must be positive, got {cfg.lr}")
+    """Cheap checks, before any corpus or model work (the settings checked themselves when
+    the TrainConfig was built)."""
     resolve_dtype(job.save_dtype)
     hook_layer(job.hook)
     if (job.out / CFG_FILE).is_file() and not (job.out / CHECKPOINT_DIR).is_dir():

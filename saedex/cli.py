@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saedex.config import IndexConfig
+from saedex.config import IndexConfig, ServeConfig, SiteConfig, TrainConfig
 from saedex.errors import SaedexError
+from saedex.options import config_options
 
 app = typer.Typer(
     help="saedex: index SAE features into DuckDB, serve them over GraphQL, publish a site.",
@@ -23,7 +25,14 @@ corpus_app = typer.Typer(help="The default corpus.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 console = Console(stderr=True)
 
-_DEFAULTS = IndexConfig()
+# Options several commands share, declared once.
+Model = Annotated[str, typer.Option(help='"default", a local HF model directory, or a model name.')]
+Corpus = Annotated[
+    str,
+    typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
+]
+Device = Annotated[str | None, typer.Option(help="cuda, cpu, ... (default: cuda if present).")]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 def user_errors(fn):
@@ -36,6 +45,14 @@ def user_errors(fn):
         except SaedexError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except Exception as exc:  # a damaged index block, met by a query after the open
+            from saedex.store.connection import failure, is_duckdb_error
+
+            if not is_duckdb_error(exc):
+                raise
+            message = failure(kwargs.get("db"), exc)
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             console.print("interrupted: run the same command again to resume")
             sys.exit(130)
@@ -45,58 +62,25 @@ def user_errors(fn):
 
 @app.command()
 @user_errors
+@config_options("config", IndexConfig)
 def index(
     db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
-    model: Annotated[
-        str, typer.Option(help='"default", a local HF model directory, or a model name.')
-    ] = "default",
+    config: IndexConfig,
+    model: Model = "default",
     sae: Annotated[
         str, typer.Option(help='"default" or an SAE directory in SAELens format.')
     ] = "default",
-    corpus: Annotated[
-        str,
-        typer.Option(help='"default", a text file, a directory, JSONL (text field) or Parquet.'),
-    ] = "default",
+    corpus: Corpus = "default",
     sae_id: Annotated[
-        str | None, typer.Option(help="Name of this index in the file [default: SAE dir name].")
+        str | None,
+        typer.Option(help="Name of this index in the file (default: the SAE directory's name)."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cuda, cpu, ... [default: cuda if present].")
-    ] = None,
+    device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
-    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = _DEFAULTS.context_size,
-    bos: Annotated[
-        bool, typer.Option(help="Prepend BOS to every context.")
-    ] = _DEFAULTS.prepend_bos,
-    batch_size: Annotated[
-        int, typer.Option(help="Contexts per model batch.")
-    ] = _DEFAULTS.batch_size,
-    commit_interval: Annotated[
-        float, typer.Option(help="Seconds between commits during the pass (a kill loses less).")
-    ] = _DEFAULTS.commit_interval_s,
-    top_k: Annotated[int, typer.Option(help="Top examples per feature.")] = _DEFAULTS.top_k,
-    n_intervals: Annotated[
-        int, typer.Option(help="Equal-width activation intervals.")
-    ] = _DEFAULTS.n_intervals,
-    examples_per_interval: Annotated[int, typer.Option()] = _DEFAULTS.examples_per_interval,
-    n_neighbours: Annotated[
-        int, typer.Option(help="Nearest neighbours kept per feature.")
-    ] = _DEFAULTS.n_neighbours,
-    sink_norm_multiple: Annotated[
-        float,
-        typer.Option(help="Skip tokens whose norm exceeds this x their context median (0: off)."),
-    ] = _DEFAULTS.sink_norm_multiple,
-    max_documents: Annotated[
-        int | None, typer.Option(help="Index only the first N documents.")
-    ] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Stop after about N corpus tokens.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for interval sampling.")] = _DEFAULTS.seed,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing index of this SAE id.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
@@ -105,21 +89,7 @@ def index(
     from saedex.indexer.indexing import IndexJob, run_index
     from saedex.memory import keep_freed_memory
 
-    cfg = IndexConfig(
-        context_size=context_size,
-        prepend_bos=bos,
-        batch_size=batch_size,
-        commit_interval_s=commit_interval,
-        top_k=top_k,
-        n_intervals=n_intervals,
-        examples_per_interval=examples_per_interval,
-        n_neighbours=n_neighbours,
-        sink_norm_multiple=sink_norm_multiple,
-        max_documents=max_documents,
-        max_tokens=max_tokens,
-        seed=seed,
-    )
-    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, cfg)
+    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, config)
     keep_freed_memory()
     info = run_index(job, progress=not quiet)
     console.print(
@@ -146,9 +116,9 @@ def info(db: Annotated[Path, typer.Option(help="DuckDB index file.")]):
 @user_errors
 def corpus_build(
     out: Annotated[
-        Path | None, typer.Option(help="Parquet file to write [default: the user cache].")
+        Path | None, typer.Option(help="Parquet file to write (default: the user cache).")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Build the default corpus from real text that pip packages ship (deterministic)."""
     from saedex.indexer.default_corpus import build_default_corpus, corpus_stats
@@ -160,82 +130,28 @@ def corpus_build(
 
 # -- train-sae (saedex.indexer.training) --
 
-from saedex.config import TrainConfig  # noqa: E402 (this section's own import)
-
-_TRAIN = TrainConfig()
-
 
 @app.command("train-sae")
 @user_errors
+@config_options("config", TrainConfig)
 def train_sae(
     out: Annotated[Path, typer.Option(help="Directory for the SAE, checkpoints and report.")],
     hook: Annotated[str, typer.Option(help="Hook to train on, e.g. blocks.6.hook_resid_post.")],
-    model: Annotated[
-        str, typer.Option(help='"default", a local HF model directory, or a model name.')
-    ] = "default",
-    corpus: Annotated[
-        str, typer.Option(help='"default", a text file, a directory, JSONL or Parquet.')
-    ] = "default",
-    architecture: Annotated[
-        str, typer.Option(help="topk (with AuxK) or standard (ReLU + L1).")
-    ] = _TRAIN.architecture,
-    d_sae: Annotated[int, typer.Option(help="Number of latents.")] = _TRAIN.d_sae,
-    k: Annotated[int, typer.Option(help="Active latents per token (topk).")] = _TRAIN.k,
-    l1_coefficient: Annotated[
-        float, typer.Option(help="L1 penalty, in units of the data's norm (standard).")
-    ] = _TRAIN.l1_coefficient,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = _TRAIN.lr,
-    total_tokens: Annotated[
-        int, typer.Option(help="Training tokens (the corpus repeats if shorter).")
-    ] = _TRAIN.total_tokens,
-    corpus_tokens: Annotated[
-        int | None,
-        typer.Option(help="Use only the first N training tokens (epochs repeat them)."),
-    ] = _TRAIN.corpus_tokens,
+    config: TrainConfig,
+    model: Model = "default",
+    corpus: Corpus = "default",
     activation_cache: Annotated[
         Path | None,
         typer.Option(help="Keep activations here (fp16) so later epochs skip the model."),
     ] = None,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per SAE step.")] = _TRAIN.batch_tokens,
-    buffer_tokens: Annotated[
-        int, typer.Option(help="Shuffling buffer size in tokens (bounds memory).")
-    ] = _TRAIN.buffer_tokens,
-    model_batch_size: Annotated[
-        int, typer.Option(help="Contexts per model batch.")
-    ] = _TRAIN.model_batch_size,
-    context_size: Annotated[int, typer.Option(help="Tokens per context.")] = _TRAIN.context_size,
-    bos: Annotated[bool, typer.Option(help="Prepend BOS to every context.")] = _TRAIN.prepend_bos,
-    sink_norm_multiple: Annotated[
-        float,
-        typer.Option(help="Skip tokens whose norm exceeds this x their context median (0: off)."),
-    ] = _TRAIN.sink_norm_multiple,
-    aux_k: Annotated[int, typer.Option(help="Dead latents used by AuxK.")] = _TRAIN.aux_k,
-    aux_coefficient: Annotated[
-        float, typer.Option(help="Weight of the AuxK loss.")
-    ] = _TRAIN.aux_coefficient,
-    dead_tokens: Annotated[
-        int, typer.Option(help="A latent silent this many tokens is dead (AuxK).")
-    ] = _TRAIN.dead_tokens,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Steps between checkpoints.")
-    ] = _TRAIN.checkpoint_every,
-    eval_tokens: Annotated[
-        int, typer.Option(help="Held-out tokens for the report.")
-    ] = _TRAIN.eval_tokens,
-    ce_eval_tokens: Annotated[
-        int, typer.Option(help="Held-out tokens for CE loss recovered (3 full forwards).")
-    ] = _TRAIN.ce_eval_tokens,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = _TRAIN.seed,
-    device: Annotated[
-        str | None, typer.Option(help="cuda, cpu, ... [default: cuda if present].")
-    ] = None,
+    device: Device = None,
     save_dtype: Annotated[
         str, typer.Option(help="Weights dtype on disk: float32, bfloat16 or float16.")
     ] = "float32",
     resume: Annotated[
         bool, typer.Option(help="Continue from OUT/checkpoints if present (else start over).")
     ] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Train a TopK or ReLU SAE on a model hook; writes SAELens format and a held-out report.
 
@@ -244,89 +160,29 @@ def train_sae(
     from saedex.indexer.training import TrainJob
     from saedex.indexer.training import train_sae as run_training
 
-    cfg = TrainConfig(
-        architecture=architecture,
-        d_sae=d_sae,
-        k=k,
-        l1_coefficient=l1_coefficient,
-        lr=lr,
-        batch_tokens=batch_tokens,
-        total_tokens=total_tokens,
-        corpus_tokens=corpus_tokens,
-        context_size=context_size,
-        prepend_bos=bos,
-        model_batch_size=model_batch_size,
-        buffer_tokens=buffer_tokens,
-        aux_k=aux_k,
-        aux_coefficient=aux_coefficient,
-        dead_tokens=dead_tokens,
-        sink_norm_multiple=sink_norm_multiple,
-        checkpoint_every=checkpoint_every,
-        eval_tokens=eval_tokens,
-        ce_eval_tokens=ce_eval_tokens,
-        seed=seed,
-    )
-    job = TrainJob(model, hook, corpus, out, device, save_dtype, activation_cache, cfg)
+    job = TrainJob(model, hook, corpus, out, device, save_dtype, activation_cache, config)
     report = run_training(job, progress=not quiet, resume=resume)
     console.print(f"SAE in {out}; {report.summary()}", highlight=False)
 
 
 # -- serve (saedex.api) --
 
-from saedex.config import ServeConfig  # noqa: E402 (this section's own import)
-
-_SERVE = ServeConfig()
-
 
 @app.command()
 @user_errors
+@config_options("config", ServeConfig)
 def serve(
     db: Annotated[Path, typer.Option(help="DuckDB index file (opened read-only).")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = _SERVE.port,
-    inference: Annotated[
-        bool,
-        typer.Option(help="Allow live activeFeatures (loads the model on first use)."),
-    ] = _SERVE.inference,
-    device: Annotated[
-        str | None, typer.Option(help="Device for live inference (default: cuda if present).")
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None, typer.Option(help="An origin allowed by CORS (repeatable; * for any).")
-    ] = None,
-    max_text_chars: Annotated[
-        int, typer.Option(help="Longest text activeFeatures accepts.")
-    ] = _SERVE.max_text_chars,
-    max_page_size: Annotated[
-        int, typer.Option(help="Largest `first` a query may ask for.")
-    ] = _SERVE.max_page_size,
-    max_query_depth: Annotated[
-        int, typer.Option(help="Deepest GraphQL query accepted.")
-    ] = _SERVE.max_query_depth,
+    config: ServeConfig,
     threads: Annotated[
         int | None,
         typer.Option(help="Torch threads for live inference (1 is steadiest on a busy machine)."),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Server processes (replicas), each reading the store.")
-    ] = _SERVE.workers,
 ):
     """Serve an index: GraphQL (GraphiQL) at /graphql, REST under /api/ (see docs/api.md)."""
     from saedex.api.app import serve as run_server
 
-    config = ServeConfig(
-        host=host,
-        port=port,
-        max_page_size=max_page_size,
-        max_query_depth=max_query_depth,
-        max_text_chars=max_text_chars,
-        inference=inference,
-        device=device,
-        cors_origins=tuple(cors_origin or ()),
-        workers=workers,
-    )
-    console.print(f"serving {db} on http://{host}:{port}/graphql (REST: /api/)")
-    run_server(db, config, threads)
+    run_server(db, config, threads, ready=console.print)
 
 
 # -- export-site (saedex.site) --
@@ -334,36 +190,121 @@ def serve(
 
 @app.command("export-site")
 @user_errors
+@config_options("config", SiteConfig)
 def export_site_command(
     db: Annotated[Path, typer.Option(help="DuckDB index file.")],
-    sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
     out: Annotated[Path, typer.Option(help="Folder for the MkDocs project.")],
-    build: Annotated[bool, typer.Option(help="Also run `mkdocs build` into OUT/site.")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="Processes rendering pages [default: CPU count].")
+    config: SiteConfig,
+    sae: Annotated[
+        list[str] | None,
+        typer.Option(help="SAE id in the index, repeatable; without it, every finished SAE."),
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    build: Annotated[bool, typer.Option(help="Also run `mkdocs build` into OUT/site.")] = False,
+    quiet: Quiet = False,
 ):
-    """Export an index as a static MkDocs Material site: one dashboard page per feature.
+    """Export an index's SAEs as one static MkDocs Material site: a home listing them, and per
+    SAE its listings, feature pages and search.
 
-    Re-running rewrites only the pages whose content changed.
+    Re-running rewrites only the files whose content changed.
     """
-    from dataclasses import replace
-
-    from saedex.config import SiteConfig
     from saedex.site.export import SiteJob, export_site
 
-    cfg = SiteConfig() if workers is None else replace(SiteConfig(), workers=max(1, workers))
-    result = export_site(SiteJob(db, sae, out, cfg, build), progress=not quiet)
+    result = export_site(SiteJob(db, tuple(sae or ()), out, config, build), progress=not quiet)
     console.print(
-        f"exported {result.pages:,} pages ({result.written:,} written, {result.removed:,} "
-        f"removed) in {result.export_s:.1f}s -> {result.project}"
+        f"exported {len(result.saes)} SAE(s), {result.pages:,} pages ({result.written:,} files "
+        f"written, {result.removed:,} removed) in {result.export_s:.1f}s -> {result.project}"
     )
     if result.site_dir is not None:
         console.print(
             f"built in {result.build_s:.1f}s -> {result.site_dir / 'index.html'} "
             "(open it directly, or serve the folder from any path)"
         )
+
+
+# -- export (saedex.store.export, saedex.neuronpedia) --
+
+from enum import StrEnum  # noqa: E402 (this section's own import)
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    neuronpedia = "neuronpedia"
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    out: Annotated[Path, typer.Option(help="Folder to write into.")],
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            help="parquet: every table, hive-partitioned by SAE; neuronpedia: Neuronpedia's "
+            "import bundle (v1/{modelId}/{sourceId}/)."
+        ),
+    ] = ExportFormat.parquet,
+    sae: Annotated[
+        list[str] | None,
+        typer.Option(help="SAE id to export (repeatable; default: every SAE in the index)."),
+    ] = None,
+    model_id: Annotated[
+        str | None,
+        typer.Option(help="neuronpedia: model id (default: the model name, lower-cased)."),
+    ] = None,
+    source_set: Annotated[
+        str | None,
+        typer.Option(
+            help="neuronpedia: source set name; the source id is LAYER-SET (default: res-saedex)."
+        ),
+    ] = None,
+    creator_id: Annotated[
+        str, typer.Option(help="neuronpedia: creatorId/authorId of every row.")
+    ] = "clkht01d40000jv08hvalcvly",
+    creator_name: Annotated[
+        str, typer.Option(help="neuronpedia: creator shown on the release.")
+    ] = "saedex",
+    release: Annotated[
+        str | None, typer.Option(help="neuronpedia: release name (default: the source set).")
+    ] = None,
+    vectors: Annotated[
+        bool,
+        typer.Option(help="neuronpedia: decoder rows into `vector` (reads the SAE weights file)."),
+    ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUT.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Export an index for other tools: Parquet tables or a Neuronpedia bundle (docs/interop.md)."""
+    if format is ExportFormat.parquet:
+        from saedex.store.export import export_parquet
+
+        result = export_parquet(db, out, sae, overwrite)
+        rows = sum(result.rows.values())
+        console.print(
+            f"wrote {len(result.rows)} tables ({rows:,} rows) in {result.seconds:.1f}s -> {out}"
+        )
+        return
+    from saedex.neuronpedia import NeuronpediaJob, export_neuronpedia
+    from saedex.store import IndexReader
+
+    if not sae:
+        with IndexReader(db) as reader:
+            sae = [s.id for s in reader.saes()]
+    for sae_id in sae:
+        job = NeuronpediaJob(
+            db,
+            sae_id,
+            out,
+            model_id,
+            source_set,
+            creator_id,
+            creator_name,
+            release,
+            vectors,
+            overwrite,
+        )
+        result = export_neuronpedia(job, progress=not quiet)
+        counts = ", ".join(f"{n:,} {name}" for name, n in result.counts.items())
+        console.print(f"wrote {counts} -> {result.folder}")
 
 
 # -- show (saedex.show) --
@@ -423,7 +364,7 @@ def demo(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve when ready (--no-serve: build only).")] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Everything on the embedded default: corpus, index, site; then serve API + site.
 
@@ -433,10 +374,308 @@ def demo(
 
     cfg = demo_job.DemoConfig(workdir, max_tokens, host, port)
     info, site_dir = demo_job.prepare(cfg, console, progress=not quiet)
+    console.rule("steering: one feature turned up")
+    demo_job.steering_example(cfg.db, info, console)
     if serve:
         demo_job.serve(cfg, info, site_dir, console)
     else:
         console.print(f"ready: {cfg.db} and {demo_job.site_index(cfg)}")
+
+
+# -- steer (saedex.steering; owner: inference) --
+
+
+def _feature_edit(spec: str, mode: str):
+    """INDEX or INDEX:AMOUNT (a strength for add, a value for clamp) into a FeatureEdit."""
+    from saedex.steering import FeatureEdit
+
+    index, _, amount = spec.partition(":")
+    try:
+        number = float(amount) if amount else None
+        edit = FeatureEdit(int(index), number if mode == "add" else None, number)
+    except ValueError as exc:
+        raise SaedexError(f"--feature wants INDEX or INDEX:AMOUNT, got {spec!r}") from exc
+    return edit
+
+
+@app.command()
+@user_errors
+def steer(
+    db: Annotated[Path, typer.Option(help="DuckDB index file (opened read-only).")],
+    sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
+    prompt: Annotated[str, typer.Option(help="The prompt to complete.")],
+    feature: Annotated[
+        list[str],
+        typer.Option(help="INDEX:STRENGTH (add), INDEX:VALUE (clamp) or INDEX (ablate); repeat."),
+    ],
+    mode: Annotated[str, typer.Option(help="add, clamp or ablate.")] = "add",
+    n_tokens: Annotated[int, typer.Option(help="Tokens to generate per side.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed, the same on both sides.")] = 0,
+    chat_template: Annotated[
+        bool, typer.Option(help="Wrap the prompt in the model's chat template.")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="Device (default: cuda if present).")] = None,
+):
+    """Complete a prompt with and without steering SAE features, side by side."""
+    import asyncio
+
+    from saedex.api.inference import InferenceEngine
+    from saedex.steering import SteerLimits, SteerRequest, check_request
+    from saedex.store import IndexReader
+
+    limits = ServeConfig()
+    req = SteerRequest(
+        prompt,
+        tuple(_feature_edit(f, mode) for f in feature),
+        mode,
+        n_tokens,
+        temperature,
+        seed,
+        chat_template,
+    )
+    with IndexReader(db) as reader:
+        info = reader.sae(sae)
+        if info is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db}")
+        req = check_request(
+            req,
+            info.d_sae,
+            SteerLimits(limits.max_steer_prompt_tokens, n_tokens, limits.max_steer_features),
+        )
+        indices = [e.index for e in req.features]
+        maxima = {i: s.max_activation for i, s in reader.summaries(sae, indices).items()}
+    engine = InferenceEngine(device)
+    result = asyncio.run(engine.steer(info, req, limits.max_steer_prompt_tokens, maxima))
+    print_steering(result)
+
+
+def print_steering(result) -> None:
+    """Both completions, with the features' scales; plain text a script can also read."""
+    out = Console()
+    for f in result.features:
+        amount = f.strength if result.mode == "add" else f.value
+        scale = f"max activation {f.max_activation:.3g}" if f.max_activation else "unseen"
+        out.print(
+            f"feature {f.index}: {result.mode} {amount:g}  (|W_dec| {f.decoder_norm:.3g}, {scale})",
+            highlight=False,
+        )
+    out.print(f"[bold]prompt:[/]  {result.prompt!r}", highlight=False)
+    out.print(f"[bold]default:[/] {result.default.text!r}", highlight=False)
+    out.print(f"[bold]steered:[/] {result.steered.text!r}", highlight=False)
+
+
+# -- explanations (saedex.explain) --
+
+from saedex.config import ExplainConfig, ScoreConfig  # noqa: E402 (this section's own import)
+
+DbOption = Annotated[Path, typer.Option(help="DuckDB index file.")]
+SaeOption = Annotated[str, typer.Option(help="SAE id in the index.")]
+
+explanations_app = typer.Typer(
+    help="Explanations of features: import, export (kept in <index>.edits.sqlite).",
+    no_args_is_help=True,
+)
+app.add_typer(explanations_app, name="explanations")
+
+
+@explanations_app.command("import")
+@user_errors
+def explanations_import(
+    file: Annotated[Path, typer.Argument(help="Neuronpedia rows (.jsonl[.gz]) or feature,text.")],
+    db: DbOption,
+    sae: SaeOption,
+    format: Annotated[
+        str | None,
+        typer.Option(help="neuronpedia, jsonl or csv (default: from the file name and rows)."),
+    ] = None,
+):
+    """Import explanations; importing the same file again adds nothing."""
+    from saedex.explain.transfer import import_explanations
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        result = import_explanations(reader, sae, file, format)
+        where = reader.edits_path
+    origin = f" (Neuronpedia {result.origin[0]}/{result.origin[1]})" if result.origin else ""
+    console.print(
+        f"{result.format}{origin}: {result.added:,} added, {result.skipped:,} already there "
+        f"-> {where}"
+    )
+
+
+@explanations_app.command("export")
+@user_errors
+def explanations_export(
+    out: Annotated[Path, typer.Argument(help="File to write (.jsonl, .jsonl.gz or .csv).")],
+    db: DbOption,
+    sae: SaeOption,
+    format: Annotated[
+        str | None,
+        typer.Option(help="neuronpedia, jsonl or csv (default: csv for .csv, else jsonl)."),
+    ] = None,
+    model_id: Annotated[
+        str | None, typer.Option(help="Neuronpedia modelId (default: from the model name).")
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Neuronpedia layer, its source id (default: N-saedex-SAE).")
+    ] = None,
+    current_only: Annotated[
+        bool, typer.Option(help="Leave out explanations made for earlier weights.")
+    ] = False,
+):
+    """Export an SAE's explanations (Neuronpedia rows, JSONL or CSV)."""
+    from saedex.explain.transfer import export_explanations
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        n = export_explanations(reader, sae, out, format, model_id, layer, current_only)
+    console.print(f"exported {n:,} explanations -> {out}")
+
+
+_EXPLAIN = ExplainConfig()
+_SCORE = ScoreConfig()
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        help='"default" (embedded SmolLM2-135M-Instruct), a local HF causal LM, or an '
+        "OpenAI-compatible endpoint such as http://127.0.0.1:8080/v1."
+    ),
+]
+ModelNameOption = Annotated[
+    str | None, typer.Option(help="The model an endpoint should run (its `model` field).")
+]
+ContextOption = Annotated[
+    int | None, typer.Option(help="Model context in tokens (default: what the model reports).")
+]
+FeaturesOption = Annotated[
+    str | None, typer.Option(help="Features, e.g. 3,10-20 (default: every live feature).")
+]
+
+
+ThreadsOption = Annotated[int | None, typer.Option(help="Torch threads (local models).")]
+
+
+@contextlib.contextmanager
+def _explaining(db: Path, sae: str, features: str | None, spec):
+    """(reader, the wanted features or None, the language model), all closed on exit."""
+    from saedex.explain.explainer import parse_features
+    from saedex.explain.models import load_language_model
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        info = reader.sae(sae)
+        if info is None:
+            raise SaedexError(f"unknown SAE {sae!r} in {db}")
+        wanted = parse_features(features, info.d_sae)
+        model = load_language_model(spec)
+        try:
+            yield reader, wanted, model
+        finally:
+            model.close()
+
+
+@app.command()
+@user_errors
+def explain(
+    db: DbOption,
+    sae: SaeOption,
+    features: FeaturesOption = None,
+    model: ModelOption = "default",
+    model_name: ModelNameOption = None,
+    context_length: ContextOption = None,
+    batch_size: Annotated[int, typer.Option(help="Features per model call.")] = _EXPLAIN.batch_size,
+    n_examples: Annotated[
+        int, typer.Option(help="Examples shown per feature.")
+    ] = _EXPLAIN.n_examples,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = _EXPLAIN.max_new_tokens,
+    limit: Annotated[int | None, typer.Option(help="At most this many features.")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds after which no new batch starts.")
+    ] = None,
+    threads: ThreadsOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Ask a language model for a short explanation of each feature (stored as source "model").
+
+    Resumable: features this model already explained are skipped.
+    """
+    from dataclasses import replace
+
+    from saedex.explain.explainer import explain as run_explain
+    from saedex.explain.models import ModelSpec
+
+    cfg = replace(_EXPLAIN, batch_size=batch_size, n_examples=n_examples,
+                  max_new_tokens=max_new_tokens, limit=limit, time_budget_s=time_budget)  # fmt: skip
+    spec = ModelSpec(model, model_name, context_length=context_length, threads=threads)
+    with _explaining(db, sae, features, spec) as (reader, wanted, lm):
+        result = run_explain(reader, sae, lm, wanted, cfg, progress=not quiet)
+    console.print(
+        f"explained {result.explained:,} features in {result.seconds:.1f}s "
+        f"({result.per_minute:.1f}/min); {result.skipped:,} skipped (done or dead), "
+        f"{result.failed:,} without an answer"
+    )
+
+
+@app.command()
+@user_errors
+def score(
+    db: DbOption,
+    sae: SaeOption,
+    features: FeaturesOption = None,
+    model: ModelOption = "default",
+    model_name: ModelNameOption = None,
+    context_length: ContextOption = None,
+    which: Annotated[
+        str, typer.Option(help="latest (each feature's newest explanation) or all.")
+    ] = "latest",
+    baseline: Annotated[
+        bool, typer.Option(help="Also score the trivial top-tokens explanation.")
+    ] = False,
+    explained_only: Annotated[
+        bool, typer.Option(help="Only features that have an explanation.")
+    ] = True,
+    n_activating: Annotated[
+        int, typer.Option(help="Held-out activating examples.")
+    ] = _SCORE.n_activating,
+    n_inactive: Annotated[int, typer.Option(help="Non-activating contexts.")] = _SCORE.n_inactive,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for scores.json and scores.svg (a histogram).")
+    ] = None,
+    threads: ThreadsOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Score explanations with delphi's detection and fuzzing (balanced accuracy, 0.5 = chance)."""
+    import json
+    from dataclasses import replace
+
+    from saedex.explain.explainer import live_features
+    from saedex.explain.models import ModelSpec
+    from saedex.explain.scoring import histogram_svg, summarise
+    from saedex.explain.scoring import score as run_score
+
+    cfg = replace(_SCORE, n_activating=n_activating, n_inactive=n_inactive)
+    spec = ModelSpec(model, model_name, context_length=context_length, threads=threads)
+    with _explaining(db, sae, features, spec) as (reader, wanted, lm):
+        wanted = live_features(reader, sae, wanted)
+        if explained_only:
+            explained = set(reader.explained_features(sae))
+            wanted = [f for f in wanted if f in explained]
+        rows = run_score(reader, sae, lm, wanted, cfg, which, baseline, progress=not quiet)
+    summary = summarise(rows)
+    for kind, stats in summary.items():
+        if kind != "seconds_per_feature":
+            console.print(
+                f"{kind}: n={stats['n']} detection {stats['detection_mean']:.3f} "
+                f"fuzzing {stats['fuzzing_mean']:.3f} (mean balanced accuracy)"
+            )
+    if "seconds_per_feature" in summary:
+        console.print(f"{summary['seconds_per_feature']['mean']:.2f} s per feature")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scores.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        (out / "scores.svg").write_text(histogram_svg(rows))
+        console.print(f"wrote {out / 'scores.json'} and {out / 'scores.svg'}")
 
 
 def main() -> None:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+from saedex.errors import SaedexError
+
+# Token positions are stored as SMALLINT: no context may be longer.
+MAX_CONTEXT_SIZE = 32767
 
 
 def cache_dir() -> Path:
@@ -14,29 +20,87 @@ def cache_dir() -> Path:
     return base if os.environ.get("SAEDEX_CACHE") else base / "saedex"
 
 
+class ConfigError(SaedexError):
+    """A setting out of its bounds; names the setting (the CLI names its option instead)."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def setting(
+    default: Any = None,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    default_text: str | None = None,
+    factory: Any = None,
+) -> Any:
+    """A config field with everything said about it in one place: its help text, its bounds
+    (checked by `validate` and by the CLI), and the CLI option name where it differs from the
+    field's (`flag`, e.g. "bos" for prepend_bos)."""
+    metadata = {"help": help, "min": min, "max": max, "choices": choices}
+    metadata |= {"flag": flag, "default_text": default_text}
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def validate(config: Any) -> None:
+    """Every field of a config dataclass within its declared bounds, else a ConfigError naming
+    it: the one check, run by each config's __post_init__, whoever builds it."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        low, high, choices = (f.metadata.get(k) for k in ("min", "max", "choices"))
+        if value is None or isinstance(value, bool):
+            continue
+        if choices is not None and value not in choices:
+            raise ConfigError(f.name, f"must be one of {', '.join(choices)}, got {value!r}")
+        if low is not None and value < low:
+            raise ConfigError(f.name, f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise ConfigError(f.name, f"must be at most {high}, got {value}")
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """What one indexing run computes. Stored with the index; a resume must match it."""
 
-    context_size: int = 128
-    prepend_bos: bool = True
-    batch_size: int = 16
-    # The pass commits its batches at most this often: a kill loses at most this much work, and
-    # fewer commits (each one syncs the WAL to disk) cost less.
-    commit_interval_s: float = 2.0
-    top_k: int = 20
-    n_intervals: int = 10
-    examples_per_interval: int = 5
-    hist_bins: int = 50
-    n_logits: int = 10
-    n_neighbours: int = 10
-    # Attention sinks: a token whose hook activation norm exceeds this multiple of its context's
-    # median norm is excluded (its features count as inactive there). 0 disables the rule. BOS
-    # tokens are always excluded: they carry no text.
-    sink_norm_multiple: float = 4.0
-    seed: int = 0
-    max_documents: int | None = None
-    max_tokens: int | None = None
+    context_size: int = setting(
+        128, "Tokens per context, BOS included.", min=2, max=MAX_CONTEXT_SIZE
+    )
+    prepend_bos: bool = setting(True, "Prepend BOS to every context.", flag="bos")
+    batch_size: int = setting(16, "Contexts per model batch.", min=1)
+    # Fewer commits (each one syncs the WAL to disk) cost less.
+    commit_interval_s: float = setting(
+        2.0,
+        "Seconds between commits during the pass (a kill loses at most this much work).",
+        min=0,
+        flag="commit-interval",
+    )
+    top_k: int = setting(20, "Top examples kept per feature.", min=1)
+    n_intervals: int = setting(10, "Equal-width activation intervals per feature.", min=1)
+    examples_per_interval: int = setting(5, "Random examples kept per interval.", min=0)
+    hist_bins: int = setting(50, "Bins of the activation and logit histograms.", min=1)
+    n_logits: int = setting(10, "Top and bottom logit-lens tokens kept per feature.", min=0)
+    n_neighbours: int = setting(10, "Nearest neighbours kept per feature.", min=0)
+    sink_norm_multiple: float = setting(
+        4.0,
+        "Leave out tokens whose activation norm exceeds this x their context's median "
+        "(attention sinks; 0: off). BOS is always left out.",
+        min=0,
+    )
+    seed: int = setting(0, "Seed for interval sampling.")
+    max_documents: int | None = setting(None, "Index only the first N documents.", min=1)
+    max_tokens: int | None = setting(None, "Stop after about N corpus tokens.", min=1)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,26 +117,50 @@ class IndexConfig:
 class TrainConfig:
     """SAE training hyper-parameters; recorded in the SAE's cfg.json metadata."""
 
-    architecture: str = "topk"  # "topk" or "standard" (ReLU + L1)
-    d_sae: int = 4608
-    k: int = 32
-    l1_coefficient: float = 0.1  # scale-free: see docs/training.md
-    lr: float = 4e-4
-    batch_tokens: int = 1024
-    total_tokens: int = 2_000_000
-    corpus_tokens: int | None = None  # use only the first N training tokens per epoch
-    context_size: int = 128
-    prepend_bos: bool = True
-    model_batch_size: int = 16
-    buffer_tokens: int = 131_072
-    aux_k: int = 256
-    aux_coefficient: float = 1 / 32
-    dead_tokens: int = 200_000
-    sink_norm_multiple: float = 4.0
-    checkpoint_every: int = 500
-    eval_tokens: int = 50_000
-    ce_eval_tokens: int = 16_384  # CE loss recovered needs 3 full forwards: fewer tokens
-    seed: int = 0
+    architecture: str = setting(
+        "topk", "topk (with AuxK) or standard (ReLU + L1).", choices=("topk", "standard")
+    )
+    d_sae: int = setting(4608, "Number of latents.", min=1)
+    k: int = setting(32, "Active latents per token (topk; 1 to d_sae).")
+    l1_coefficient: float = setting(
+        0.1, "L1 penalty, in units of the data's norm (standard; see docs/training.md).", min=0
+    )
+    lr: float = setting(4e-4, "Adam learning rate (positive).", min=0)
+    batch_tokens: int = setting(1024, "Tokens per SAE step.", min=1)
+    total_tokens: int = setting(
+        2_000_000, "Training tokens (the corpus repeats if shorter).", min=1
+    )
+    corpus_tokens: int | None = setting(
+        None, "Use only the first N training tokens (epochs repeat them).", min=1
+    )
+    context_size: int = setting(128, "Tokens per context.", min=2, max=MAX_CONTEXT_SIZE)
+    prepend_bos: bool = setting(True, "Prepend BOS to every context.", flag="bos")
+    model_batch_size: int = setting(16, "Contexts per model batch.", min=1)
+    buffer_tokens: int = setting(131_072, "Shuffling buffer size in tokens (bounds memory).", min=1)
+    aux_k: int = setting(256, "Dead latents used by AuxK.", min=0)
+    aux_coefficient: float = setting(1 / 32, "Weight of the AuxK loss.", min=0)
+    dead_tokens: int = setting(200_000, "A latent silent this many tokens is dead (AuxK).", min=1)
+    sink_norm_multiple: float = setting(
+        4.0, "Skip tokens whose norm exceeds this x their context median (0: off).", min=0
+    )
+    checkpoint_every: int = setting(500, "Steps between checkpoints.", min=1)
+    eval_tokens: int = setting(50_000, "Held-out tokens for the report.", min=1)
+    ce_eval_tokens: int = setting(
+        16_384, "Held-out tokens for CE loss recovered (3 full forwards: fewer).", min=1
+    )
+    seed: int = setting(0, "Seed for initialisation and shuffling.")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ConfigError("k", f"must be between 1 and d_sae ({self.d_sae}), got {self.k}")
+        if self.lr == 0:
+            raise ConfigError("lr", "must be positive, got 0")
+        for name in ("total_tokens", "buffer_tokens"):
+            if getattr(self, name) < self.batch_tokens:
+                raise ConfigError(
+                    name, f"must be at least one batch ({self.batch_tokens:,} batch tokens)"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,30 +170,83 @@ class TrainConfig:
 class ServeConfig:
     """Limits and switches of the query API."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_page_size: int = 100
-    max_query_depth: int = 10
-    max_text_chars: int = 2000
-    max_active_top_k: int = 100
+    host: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(8000, "Port to listen on (0: any free port).", min=0, max=65535)
+    max_page_size: int = setting(100, "Largest `first` a query may ask for.", min=1)
+    max_query_depth: int = setting(10, "Deepest GraphQL query accepted.", min=1)
+    max_text_chars: int = setting(2000, "Longest text activeFeatures accepts.", min=1)
+    max_active_top_k: int = setting(100, "Largest topK activeFeatures accepts.", min=1)
     # Document windows (documentWindow): tokens either side of the point, features per window,
     # and the longest window the model re-runs live (attention over the whole window).
-    max_window_side: int = field(
-        default=512, metadata={"help": "Most tokens a document window shows either side."}
+    max_window_side: int = setting(512, "Most tokens a document window shows either side.", min=0)
+    max_window_features: int = setting(16, "Most features one document window shows.", min=1)
+    max_live_window_tokens: int = setting(
+        512, "Longest document window the model re-runs live.", min=1
     )
-    max_window_features: int = field(
-        default=16, metadata={"help": "Most features one document window shows."}
+    inference: bool = setting(True, "Allow live activeFeatures (loads the model on first use).")
+    device: str | None = setting(None, "Device for live inference (default: cuda if present).")
+    cors_origins: tuple[str, ...] = setting(
+        help="An origin allowed by CORS (repeatable; * for any).", flag="cors-origin", factory=tuple
     )
-    max_live_window_tokens: int = field(
-        default=512, metadata={"help": "Longest document window the model re-runs live."}
+    # -- cost, size and time limits (api/limits.py, api/cost.py; docs/api.md "Limits") --------
+    max_nodes: int = setting(
+        50_000,
+        "Node budget of one GraphQL query, computed before it runs: each list counts its "
+        "`first` (or the most it can hold) times the lists it sits in.",
+        min=0,
     )
-    inference: bool = True
-    device: str | None = None
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    max_aliases: int = setting(30, "Most aliased fields in one GraphQL document.", min=0)
+    max_tokens: int = setting(5_000, "Most lexical tokens in one GraphQL document.", min=1)
+    query_time_limit_s: float = setting(
+        10.0,
+        "Seconds one GraphQL operation (or REST call) may run before its index queries are "
+        "interrupted (TIMEOUT; REST 504). 0 turns the limit off.",
+        min=0,
+    )
+    max_body_bytes: int = setting(
+        1_048_576, "Largest request body in bytes (GraphQL and REST); larger gets 413.", min=1
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- live inference: batching and steering (owner: inference) --
+    inference_process: bool = field(
+        default=True,
+        metadata={
+            "help": "Run live models in a worker process, so the server's Python work never "
+            "holds the GIL that every op of a forward pass waits for."
+        },
+    )
+    batch_window_ms: float = field(
+        default=5.0,
+        metadata={
+            "help": "How long a lone live request waits for others to share its forward pass "
+            "(ms); requests arriving while a forward runs are batched without waiting."
+        },
+    )
+    batch_max_contexts: int = field(
+        default=32,
+        metadata={"help": "Most contexts one batched activeFeatures forward pass runs."},
+    )
+    max_steer_prompt_tokens: int = field(
+        default=256, metadata={"help": "Longest prompt (in tokens) steer accepts."}
+    )
+    max_steer_new_tokens: int = field(
+        default=64, metadata={"help": "Most tokens steer generates per side."}
+    )
+    max_steer_features: int = field(
+        default=20, metadata={"help": "Most features one steer request may edit."}
+    )
+    # -- explanation edits (saedex.api.auth) --
+    api_key_file: Path | None = setting(
+        None,
+        "File holding the API key that explanation edits need (Authorization: Bearer <key>); "
+        "else the SAEDEX_API_KEY environment variable; neither: edits off.",
+    )
     # -- replicas (store) --
-    workers: int = field(
-        default=1,
-        metadata={"help": "Server processes (replicas) over the same store, each read-only."},
+    workers: int = setting(
+        1, "Server processes (replicas) over the same store, each read-only.", min=1
     )
 
 
@@ -113,7 +254,61 @@ class ServeConfig:
 class SiteConfig:
     """What the static site shows and how it is built."""
 
-    examples_shown: int = 20
-    window: int = 10  # tokens either side of the max token shown before expanding
-    features_per_index_page: int = 500
-    workers: int = max(1, (os.cpu_count() or 1))
+    examples_shown: int = setting(20, "Top examples shown on each feature page.", min=1)
+    window: int = setting(10, "Tokens either side of the max token shown before expanding.", min=0)
+    features_per_index_page: int = setting(500, "Features listed per index page.", min=1)
+    workers: int = setting(
+        max(1, (os.cpu_count() or 1)),
+        "Processes rendering pages.",
+        min=1,
+        default_text="CPU count",
+    )
+    # -- site issue 14: feature pages in blocks --
+    features_per_page: int = setting(
+        32,
+        "Features per feature page file (each shown at its own #f<index> anchor): fewer files "
+        "for wide SAEs, at the cost of larger pages.",
+        min=1,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# -- explanations (saedex.explain) --
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """How `saedex explain` asks a model for explanations."""
+
+    batch_size: int = setting(
+        8, "Features per model call (prompts are padded to the longest).", min=1
+    )
+    n_examples: int = setting(
+        10, "Activating examples shown (fewer if the context is short).", min=1
+    )
+    window_before: int = setting(12, "Tokens shown before an example's peak.", min=0)
+    window_after: int = setting(4, "Tokens shown after an example's peak.", min=0)
+    n_logits: int = setting(8, "Top logit-lens tokens shown.", min=0)
+    max_new_tokens: int = setting(24, "Longest answer, in tokens.", min=1)
+    limit: int | None = setting(None, "Explain at most this many features.", min=0)
+    time_budget_s: float | None = setting(None, "Stop starting new batches after this long.", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How `saedex score` checks explanations (delphi's detection and fuzzing)."""
+
+    n_activating: int = setting(10, "Held-out activating examples per feature (at most).", min=1)
+    n_inactive: int = setting(10, "Non-activating contexts per feature.", min=0)
+    window_before: int = setting(12, "Tokens shown before an example's peak.", min=0)
+    window_after: int = setting(4, "Tokens shown after an example's peak.", min=0)
+    batch_size: int = setting(20, "Prompts per model call.", min=1)
+    seed: int = setting(0, "Seed for the non-activating contexts and fuzzing's wrong marks.")
+
+    def __post_init__(self) -> None:
+        validate(self)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from saedex.config import IndexConfig, ServeConfig, SiteConfig
+from saedex.config import ExplainConfig, IndexConfig, ServeConfig, SiteConfig
 from saedex.data import SaeInfo
 
 DEMO_TOKENS = 300_000
+EXPLAIN_SECONDS = 120.0  # the demo explains as many features as fit in this (2 CPU cores)
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,17 @@ def prepare(cfg: DemoConfig, console: Console, progress: bool = True) -> tuple[S
     from saedex.site.export import SiteJob, export_site
 
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    console.rule("1/3 default corpus")
+    console.rule("1/4 default corpus")
     console.print(f"corpus: {default_corpus_path()}")
-    console.rule("2/3 index: default model x shipped SAE")
+    console.rule("2/4 index: default model x shipped SAE")
     job = IndexJob(
         "default", "default", "default", cfg.db, config=IndexConfig(max_tokens=cfg.max_tokens)
     )
     info = run_index(job, progress=progress)
     console.print(f"index: {info.id}, {info.n_tokens:,} tokens, {info.d_sae:,} features")
-    console.rule("3/3 static site")
+    console.rule("3/4 explanations: the embedded model, about two minutes")
+    explain_some(cfg, info, console, progress)
+    console.rule("4/4 static site")
     result = export_site(SiteJob(cfg.db, info.id, cfg.site_project), progress=progress)
     site_dir = cfg.site_project / "site"
     if result.written or not (site_dir / "index.html").is_file():
@@ -59,6 +62,65 @@ def prepare(cfg: DemoConfig, console: Console, progress: bool = True) -> tuple[S
     else:
         console.print("site unchanged: reusing the last build")
     return info, site_dir
+
+
+def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: bool) -> None:
+    """Explain the demo's most telling features (strong, not too dense: those the welcome
+    message and the listings show first) for about two minutes; a re-run keeps what is there."""
+    from saedex.explain.explainer import explain
+    from saedex.explain.models import ModelSpec, load_language_model
+    from saedex.store import IndexReader
+
+    with IndexReader(cfg.db) as reader:
+        store = reader.edits()
+        if store is not None and store.counts(info.id).get("model"):
+            console.print(f"explanations: {store.counts(info.id)['model']:,} already made")
+            return
+        page = reader.list_features(
+            info.id, order_by="max_activation", descending=True, min_density=1e-4,
+            max_density=0.02, limit=500,
+        )  # fmt: skip
+        features = [example_feature(reader, info), *(f.index for f in page.items)]
+        model = load_language_model(ModelSpec())
+        budget = ExplainConfig(time_budget_s=EXPLAIN_SECONDS)
+        result = explain(reader, info.id, model, list(dict.fromkeys(features)), budget, progress)
+    console.print(
+        f"explained {result.explained:,} features in {result.seconds:.0f}s "
+        f"({result.per_minute:.1f}/min; `saedex explain` does the rest)"
+    )
+
+
+STEER_PROMPT = "My favourite thing to do on a weekend is"
+
+
+def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
+    """Steer the strongest logit-lens feature on a neutral prompt and print both completions
+    (trying the next candidate if the completion does not change)."""
+    import asyncio
+
+    from saedex.api.inference import InferenceEngine
+    from saedex.cli import print_steering
+    from saedex.steering import FeatureEdit, SteerRequest
+    from saedex.store import IndexReader
+
+    with IndexReader(db) as reader:
+        page = reader.list_features(
+            info.id, order_by="max_activation", descending=True, min_density=1e-4,
+            max_density=0.02, limit=100,
+        )  # fmt: skip
+        maxima = {f.index: f.max_activation for f in page.items}
+        logits = reader.logits(info.id, list(maxima), "top", 3)
+    ranked = sorted(maxima, key=lambda i: -(logits[i][0].value if logits[i] else 0))
+    engine = InferenceEngine()
+    for index in ranked[:3]:
+        edit = FeatureEdit(index, 2 * maxima[index])
+        req = SteerRequest(STEER_PROMPT, (edit,), "add", 24, chat_template=False)
+        result = asyncio.run(engine.steer(info, req, 256, maxima))
+        if result.default.text != result.steered.text:
+            break
+    top = ", ".join(repr(e.token) for e in logits[index])
+    console.print(f"feature {index} promotes {top}; steering it at 2x its max activation:")
+    print_steering(result)
 
 
 def serve(cfg: DemoConfig, info: SaeInfo, site_dir: Path, console: Console) -> None:

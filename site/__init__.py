@@ -1,6 +1,8 @@
-"""saedex.site: an index exported as a static MkDocs Material site (`saedex export-site`).
+"""saedex.site: indexed SAEs exported as one static MkDocs Material site (`saedex export-site`).
 
-export.py writes the project (in parallel, only what changed), pages.py composes the documents,
-render.py and svg.py the escaped HTML and the histograms, hooks.py is the MkDocs hook that puts
-pre-rendered HTML in place, build.py runs MkDocs (sharded across processes).
+export.py writes the project (in parallel, only what changed); payload.py turns a feature into
+the compact data that assets/dashboard.js, the one renderer, draws (site and notebook alike);
+render.py holds the escaping and the no-script fallback; pages.py composes the documents; svg.py
+draws the home page's density plot; hooks.py is the MkDocs hook (pre-rendered HTML, feature
+blocks stamped into the theme); build.py runs MkDocs.
 """

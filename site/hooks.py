@@ -1,10 +1,14 @@
 """The MkDocs hook of an exported site (copied next to its mkdocs.yml; standard library only).
 
-A page's Markdown holds a short, searchable head, then MARKER, then HTML the exporter already
-rendered and escaped. Python-Markdown and the search plugin only ever see the head; the HTML is
-read back from the source file and put in place of the marker after the theme rendered the page.
-That keeps the build fast (Markdown parsing thousands of token spans is the big cost), the
-search index compact, and memory flat (no page keeps its HTML between events).
+A page's Markdown holds a short head, then MARKER, then HTML the exporter already rendered and
+escaped. Python-Markdown only ever sees the head; the HTML is read back from the source file and
+put in place of the marker after the theme rendered the page (Markdown parsing thousands of
+token spans would be the big cost of a build).
+
+Feature pages are not MkDocs pages at all: each SAE has one page shell (`<sae>/features/_shell`)
+that MkDocs renders with the theme, and after the build every block of features the exporter
+wrote to BLOCKS/<sae>/<n>.html is stamped into a copy of it, so a build costs the same for
+1,000 or 65,000 features.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from pathlib import Path
 from mkdocs.plugins import event_priority
 
 MARKER = "<!-- saedex:html -->"
+TITLE = "SAEDEX_TITLE_SLOT"
+SLOT = '<div class="sx-slot"></div>'
+SHELL = "_shell.html"
+BLOCKS = "blocks"
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -30,14 +38,23 @@ def on_post_page(output: str, page, config) -> str:
     return output.replace(MARKER, source.partition(MARKER)[2], 1)
 
 
-@event_priority(-100)  # after the search plugin wrote its index
+@event_priority(-100)
 def on_post_build(config) -> None:
-    write_search_script(Path(config.site_dir))
+    stamp_blocks(Path(config.config_file_path).parent / BLOCKS, Path(config.site_dir))
 
 
-def write_search_script(site_dir: Path) -> None:
-    """Inline the search index into a script, so search also works from file:// (no fetch)."""
-    index = site_dir / "search" / "search_index.json"
-    if index.is_file():
-        data = index.read_text(encoding="utf-8")
-        (index.parent / "search_index.js").write_text(f"var __index = {data}", encoding="utf-8")
+def stamp_blocks(blocks: Path, site: Path) -> int:
+    """Write site/<sae>/features/<n>.html for every block fragment; returns how many."""
+    written = 0
+    for shell_path in sorted(site.glob(f"*/features/{SHELL}")):
+        shell = shell_path.read_text(encoding="utf-8")
+        before, found, after = shell.partition(SLOT)
+        if not found:
+            continue
+        for fragment in sorted((blocks / shell_path.parent.parent.name).glob("*.html")):
+            title, _, body = fragment.read_text(encoding="utf-8").partition("\n")
+            page = before.replace(TITLE, title) + body + after.replace(TITLE, title)
+            (shell_path.parent / fragment.name).write_text(page, encoding="utf-8")
+            written += 1
+        shell_path.unlink()
+    return written

@@ -1,22 +1,26 @@
-"""HTML fragments of the site: escaped text, shaded tokens, examples and small tables.
+"""The one feature renderer's Python side, and the escaping every page goes through.
 
-Every string from the index (tokens, document ids, sources, paths) goes through `esc`, which
-makes it inert both as HTML and as Markdown, so a fragment is safe wherever it lands. Token
-markup is lean on purpose (a page can hold ~9,000 tokens): a token with zero activation is
-bare text; an active one is a `<mark>` with a shading-level class and its value in `data-v`
-(CSS shows it on hover), never an inline style; attribute values are unquoted where HTML
-allows it. Whitespace markers are bare `<i>` elements.
+A dashboard is drawn by assets/dashboard.js from compact data (payload.py), on the site and in a
+notebook alike. Python writes only what must work without scripts: a feature's statistics, its
+header and its top examples' text (`fallback_html`), and the data itself (`script_json`).
+
+Escaping lives here: every string from the index (tokens, document ids, sources, explanations)
+reaching HTML goes through `esc`, which makes it inert both as HTML and as Markdown, so a fragment
+is safe wherever it lands; data inside a page goes through `script_json`; and the script sets
+strings as text only (DOM text nodes), never as markup.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
 
-from saedex.data import Example, IntervalSample, LogitEntry, Neighbour
-
-LEVELS = 9  # shading classes a1..a9, relative to the feature's max activation
+from saedex.data import FeatureData
+from saedex.site import payload
 
 # HTML specials and the characters Markdown (or a template engine) could read as syntax.
 _ESCAPES = str.maketrans(
@@ -42,6 +46,7 @@ def _marker(whitespace: str) -> str:
     return "".join(_MARKERS.get(c, "\u00b7") for c in whitespace)
 
 
+@functools.lru_cache(maxsize=1 << 17)  # a vocabulary's worth: pages repeat the same tokens
 def token_html(token: str) -> str:
     """A token's escaped text with whitespace runs shown as faint ␣ / ↵ / ⇥ markers."""
     if not token:
@@ -49,6 +54,7 @@ def token_html(token: str) -> str:
     return _WHITESPACE.sub(lambda m: f"<i>{_marker(m.group())}</i>", esc(token))
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def plain_token(token: str) -> str:
     """A token as escaped text on one line, whitespace as plain markers (search, tables)."""
     return esc(_WHITESPACE.sub(lambda m: _marker(m.group()), token)) if token else "\u2205"
@@ -60,89 +66,8 @@ def inline(text: str) -> str:
     return esc(" ".join(text.split()))
 
 
-def level(value: float, scale: float) -> int:
-    """The shading class (1..LEVELS) of a positive activation."""
-    if scale <= 0:
-        return LEVELS
-    return min(LEVELS, max(1, math.ceil(LEVELS * value / scale)))
-
-
-def _level_class(value: float, scale: float, peak: bool) -> str:
-    """`a<level>`, quoted only when the max token adds a second class (values stay unquoted:
-    `:.3g` never yields a space, quote or `>`)."""
-    css = f"a{level(value, scale)}"
-    return f'"{css} mx"' if peak else css
-
-
 def num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
-
-
-def _tokens(ex: Example, vocab: Sequence[str], scale: float, start: int, stop: int) -> str:
-    parts = []
-    for pos in range(start, stop):
-        text, value = vocab[ex.token_ids[pos]], ex.activations[pos]
-        if value > 0:
-            peak = pos == ex.max_token_index
-            parts.append(
-                f"<mark class={_level_class(value, scale, peak)} data-v={value:.3g}>{text}</mark>"
-            )
-        else:
-            parts.append(text)
-    return "".join(parts)
-
-
-def example_html(
-    ex: Example, vocab: Sequence[str], scale: float, window: int, first: int = 0
-) -> str:
-    """One example: a window around its max token, opening in place to the whole context.
-
-    The whole context is rendered once; tokens outside the window sit in `.o` spans that CSS
-    hides until the <details> is open (no script, works offline). `first` skips a BOS.
-    """
-    stop = len(ex.token_ids)
-    lo = max(first, ex.max_token_index - window)
-    hi = min(stop, ex.max_token_index + window + 1)
-    before = _outside(_tokens(ex, vocab, scale, first, lo), before=True)
-    after = _outside(_tokens(ex, vocab, scale, hi, stop), before=False)
-    where = f"doc {esc(ex.document_id)}"
-    if ex.source and ex.source != ex.document_id:
-        where += f" · source {esc(ex.source)}"
-    return (
-        f'<details class="sx-ex"><summary><span class="sx-v">{num(ex.max_activation)}</span>'
-        f'<span class="sx-c">{before}{_tokens(ex, vocab, scale, lo, hi)}{after}</span></summary>'
-        f'<div class="sx-src">{where} · context {ex.context_id} · max at token '
-        f"{ex.max_token_index}</div></details>"
-    )
-
-
-def _outside(tokens: str, before: bool) -> str:
-    if not tokens:
-        return ""
-    hidden, dots = f'<span class="o">{tokens}</span>', '<b class="x">…</b>'
-    return hidden + dots if before else dots + hidden
-
-
-def examples_html(
-    examples: Sequence[Example], vocab: Sequence[str], scale: float, window: int, first: int
-) -> str:
-    if not examples:
-        return '<p class="sx-none">No examples: the feature never fired on the corpus.</p>'
-    body = "".join(example_html(ex, vocab, scale, window, first) for ex in examples)
-    return f'<div class="sx-exs">{body}</div>'
-
-
-def interval_html(
-    sample: IntervalSample, vocab: Sequence[str], scale: float, window: int, first: int
-) -> str:
-    """One "INTERVAL a-b CONTAINS x%" section, as SAEDashboard titles them."""
-    title = f"INTERVAL {num(sample.low)} - {num(sample.high)} CONTAINS {100 * sample.fraction:.3g}%"
-    body = (
-        examples_html(sample.examples, vocab, scale, window, first)
-        if sample.examples
-        else '<p class="sx-none">No activations in this interval.</p>'
-    )
-    return f'<h3 class="sx-int">{title}</h3>{body}'
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str = "") -> str:
@@ -152,14 +77,112 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str = "") 
     return f'<div class="sx-table {css}"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def logit_table(title: str, entries: Sequence[LogitEntry]) -> str:
-    rows = [(f"<code>{token_html(e.token)}</code>", f"{e.value:+.3f}") for e in entries]
-    return table((title, "Logit"), rows or [("–", "")], "sx-logits")
+def script_json(data) -> str:
+    """JSON for a `<script type="application/json">`: no `<` survives, so neither `</script>`
+    nor `<!--` can end or bend the element, whatever the strings hold."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def neighbours_table(neighbours: Sequence[Neighbour], href: str) -> str:
-    """Nearest features by decoder cosine; `href` is a format string taking the index."""
-    rows = [
-        (f'<a href="{href.format(n.index)}">#{n.index}</a>', f"{n.cosine:.3f}") for n in neighbours
+@dataclass(frozen=True)
+class PageSettings:
+    """What the renderer needs besides a feature's data (handed to the script as JSON too)."""
+
+    sae: str  # the SAE's key in the site (its folder), or "" in a notebook
+    title: str  # the SAE as people name it
+    first: int  # 1 skips the BOS every context starts with
+    window: int  # tokens either side of an example's max token before it is opened
+    shown: int  # top examples shown
+    n_tokens: int
+    d_sae: int
+    per_page: int  # features per block page (the site's links are computed from it)
+    list_per_page: int  # rows per listing page
+
+
+Context = tuple[int, str, str, Sequence[int]]  # context id, document, source, token ids
+
+
+def top_token_ids(feature: dict, context: Callable[[int], Context]) -> list[int]:
+    """The distinct tokens the top examples peak on, strongest first."""
+    seen: dict[int, None] = {}
+    for ref, max_pos, *_ in feature["ex"]:
+        seen.setdefault(context(ref)[3][max_pos], None)
+    return list(seen)
+
+
+def _token_list(tokens: Sequence[str], limit: int = 6) -> str:
+    return " · ".join(f"<code>{plain_token(t)}</code>" for t in tokens[:limit]) or "–"
+
+
+def _window(ex: list, context: Callable[[int], Context], vocab, page: PageSettings) -> str:
+    ref, max_pos, max_act, *_ = ex
+    ids = context(ref)[3]
+    lo, hi = max(page.first, max_pos - page.window), min(len(ids), max_pos + page.window + 1)
+    text = "".join(
+        f"<b>{token_html(vocab(t))}</b>" if p == max_pos else token_html(vocab(t))
+        for p, t in enumerate(ids[lo:hi], lo)
+    )
+    dots = ("…" if lo > page.first else "", "…" if hi < len(ids) else "")
+    return f'<li><span class="sx-v">{num(max_act)}</span> {dots[0]}{text}{dots[1]}</li>'
+
+
+def fallback_html(
+    feature: dict,
+    context: Callable[[int], Context],
+    vocab: Callable[[int], str],
+    page: PageSettings,
+) -> str:
+    """What a feature shows without scripts: header, explanations, statistics, top examples'
+    text. The script replaces it with the whole dashboard."""
+    f = feature
+    fires = [vocab(t) for t in top_token_ids(f, context)]
+    explanations = "".join(f"<li>{inline(x[0])}</li>" for x in f["xp"])
+    stats = [
+        ("Density", f"{100 * f['d']:.3g}%"),
+        ("Active tokens", f"{f['n']:,}" + (f" of {page.n_tokens:,}" if page.n_tokens else "")),
+        ("Max activation", num(f["mx"])),
+        ("Mean (when active)", num(f["mu"])),
+        ("Skew", num(f["sk"])),
+        ("Kurtosis", num(f["ku"])),
     ]
-    return table(("Neighbour", "Cosine"), rows or [("–", "")], "sx-nbrs")
+    examples = "".join(_window(ex, context, vocab, page) for ex in f["ex"][: page.shown])
+    return (
+        f"<h1>Feature {f['i']}</h1>"
+        + (f'<ul class="sx-xp">{explanations}</ul>' if explanations else "")
+        + f'<div class="sx-lead"><p><strong>Fires most on</strong> {_token_list(fires)}</p>'
+        f"<p><strong>Promotes</strong> {_token_list([vocab(t) for t, _ in f['tl']])}</p></div>"
+        + table(("Statistic", "Value"), stats, "sx-stats")
+        + '<h2>Top activations</h2><p class="sx-note">Histograms, shading, logit tables, '
+        "neighbours and intervals need JavaScript; this is the text around each peak.</p>"
+        + (f'<ol class="sx-fb">{examples}</ol>' if examples else "<p>Never fired.</p>")
+    )
+
+
+# -- a notebook cell ---------------------------------------------------------------------------
+
+
+def asset(name: str) -> str:
+    """A vendored asset's text (the dashboard script and its stylesheet)."""
+    return resources.files("saedex.site").joinpath("templates", "assets", name).read_text("utf-8")
+
+
+def feature_html(
+    data: FeatureData,
+    n_tokens: int = 0,
+    first_token: int = 1,
+    window: int = 10,
+    shown: int = 20,
+) -> str:
+    """One feature's whole dashboard as a self-contained HTML fragment (data, script and style
+    inline, nothing fetched): what a notebook's `_repr_html_` returns. Without scripts it shows
+    `fallback_html`."""
+    feature, contexts, vocab = payload.from_feature(data)
+    page = PageSettings("", data.summary.sae_id, first_token, window, shown, n_tokens, 0, 1, 1)
+    body = fallback_html(feature, contexts.__getitem__, vocab.get, page)
+    state = {"page": asdict(page), "features": [feature], "contexts": contexts, "vocab": vocab}
+    return (
+        f'<div class="sx-cell md-typeset"><style>{asset("saedex.css")}</style>'
+        f'<section class="sx-f" data-i="{feature["i"]}">{body}</section>'
+        f'<script type="application/json">{script_json(state)}</script>'
+        f"<script>{asset('dashboard.js')}</script></div>"
+    )

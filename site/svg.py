@@ -1,4 +1,5 @@
-"""Histograms as small inline SVG, drawn at export time: no chart library, no script, no network.
+"""The home page's density plot as inline SVG, drawn at export time (feature pages' histograms are
+drawn by assets/dashboard.js the same way): no chart library, no network.
 
 Bars are `<rect>`s with a `<title>` (the browser shows the bin and its count on hover); colours
 come from CSS classes so the light and dark palettes both work.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-from saedex.data import Histogram
 
 WIDTH, HEIGHT = 360, 150
 PAD_LEFT, PAD_BOTTOM, PAD_TOP = 8, 30, 18
@@ -84,20 +83,6 @@ def _empty(title: str) -> str:
         title,
         f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text>',
     )
-
-
-def activation_svg(hist: Histogram) -> str:
-    """The histogram of a feature's non-zero activations."""
-    return bars_svg(hist.bin_edges, hist.counts, "Activations (non-zero)", note="activation")
-
-
-def logit_svg(hist: Histogram) -> str:
-    """The histogram of the feature's logit-lens values over the vocabulary, by sign."""
-
-    def sign(low: float, high: float) -> str:
-        return "neg" if low + high < 0 else "pos"
-
-    return bars_svg(hist.bin_edges, hist.counts, "Logit lens (all tokens)", sign, note="logit")
 
 
 def density_svg(densities: Sequence[float], bins: int = 40) -> str:

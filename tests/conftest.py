@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from saedex.config import IndexConfig
 from saedex.indexer.sae import SaeConfig, save_sae
 
 D_MODEL = 32
@@ -146,3 +151,62 @@ def tiny_corpus(tmp_path_factory) -> Path:
         for doc in make_corpus_docs():
             fh.write(json.dumps(doc) + "\n")
     return path
+
+
+# -- an index of the tiny fixtures, served by the API tests and fuzzed by test_fuzz_api --------
+
+API_SAE = "sae"
+
+
+@pytest.fixture(scope="session")
+def api_db(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
+    """An index whose contexts split documents and whose sink rule excludes some tokens."""
+    from saedex.indexer.indexing import IndexJob, run_index
+
+    db = tmp_path_factory.mktemp("api") / "index.duckdb"
+    cfg = IndexConfig(context_size=48, batch_size=8, sink_norm_multiple=1.3)
+    job = IndexJob(str(tiny_model), str(tiny_sae), str(tiny_corpus), db, API_SAE, config=cfg)
+    run_index(job, False)
+    return db
+
+
+@pytest.fixture(scope="session")
+def reader(api_db):
+    from saedex.store import IndexReader
+
+    with IndexReader(api_db) as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from saedex.api.inference import InferenceEngine
+
+    return InferenceEngine("cpu")
+
+
+# -- another process holding an index, as `saedex index` does while it writes ------------------
+
+_HOLD = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def held_by_another_process(db: Path) -> Iterator[int]:
+    """A second process holding `db` read-write until the block ends; yields its PID."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
@@ -22,35 +23,13 @@ from saedex.config import IndexConfig, ServeConfig
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
 from saedex.store.views import connect
+from tests.conftest import API_SAE as SAE
 from tests.conftest import build_tiny_sae
 
-SAE = "sae"
 EXAMPLE = "contextId documentId source tokens tokenIds activations maxActivation maxTokenIndex"
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def api_db(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
-    """An index whose contexts split documents and whose sink rule excludes some tokens."""
-    db = tmp_path_factory.mktemp("api") / "index.duckdb"
-    cfg = IndexConfig(context_size=48, batch_size=8, sink_norm_multiple=1.3)
-    run_index(
-        IndexJob(str(tiny_model), str(tiny_sae), str(tiny_corpus), db, SAE, config=cfg), False
-    )
-    return db
-
-
-@pytest.fixture(scope="session")
-def reader(api_db) -> IndexReader:
-    with IndexReader(api_db) as r:
-        yield r
-
-
-@pytest.fixture(scope="session")
-def engine() -> InferenceEngine:
-    return InferenceEngine("cpu")
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +74,26 @@ def test_saes_and_sae_carry_every_run_field(client, reader):
     (sae,) = got["saes"]
     assert sae["id"] == SAE and got["sae"] == {"id": SAE, "dSae": info.d_sae}
     assert (sae["modelName"], sae["hookName"], sae["dIn"]) == (
-        info.model_name,
+        Path(info.model_name).name,  # a local model directory: its name, not its path
         info.hook_name,
         info.d_in,
     )
     assert sae["nTokens"] == info.n_tokens and sae["nExcludedTokens"] == info.n_excluded_tokens
     assert sae["settings"]["context_size"] == 48 and sae["status"] == "complete"
     assert sae["startedAt"] and sae["finishedAt"] and sae["durationS"] > 0
+
+
+def test_no_local_paths_are_published(client, reader):
+    """The publisher's absolute paths stay private: names only."""
+    info = reader.sae(SAE)
+    assert Path(info.sae_path).is_absolute() and Path(info.corpus).is_absolute()
+    (sae,) = data(client, "{ saes { modelName saePath corpus } }")["saes"]
+    assert sae == {
+        "modelName": Path(info.model_name).name,
+        "saePath": Path(info.sae_path).name,
+        "corpus": Path(info.corpus).name,
+    }
+    assert str(Path(info.sae_path).parent) not in client.get("/api/saes").text
 
 
 def test_unknown_sae_is_null_plus_error(client):
@@ -465,7 +457,9 @@ def test_no_inference_mode(reader):
         assert response.status_code == 503 and "--no-inference" in response.json()["error"]
 
 
-def test_concurrent_live_requests_are_served_one_by_one(reader, engine):
+def test_concurrent_live_requests_share_a_forward(reader):
+    """Concurrent requests are batched (tests/test_live.py compares values brute force)."""
+    engine = InferenceEngine("cpu", config=ServeConfig(batch_window_ms=50))
     app = create_app(reader, ServeConfig(), engine)
     texts = [f"the {w} fox" for w in ("quick", "lazy", "golden", "purple", "seven", "brown")]
 
@@ -481,9 +475,14 @@ def test_concurrent_live_requests_are_served_one_by_one(reader, engine):
             return [r.json()["data"]["activeFeatures"] for r in responses]
 
     together = asyncio.run(run())
+    assert max(engine.batch_sizes) > 1
     with TestClient(app) as c:
         alone = [data(c, ACTIVE, {"text": t})["activeFeatures"] for t in texts]
-    assert together == alone
+    for t, a in zip(together, alone, strict=True):
+        assert t["tokens"] == a["tokens"] and t["excluded"] == a["excluded"]
+        assert [f["index"] for f in t["features"]] == [f["index"] for f in a["features"]]
+        for ft, fa in zip(t["features"], a["features"], strict=True):
+            assert ft["values"] == pytest.approx(fa["values"], rel=1e-4, abs=1e-4)
 
 
 # -- REST --------------------------------------------------------------------------------------
@@ -533,10 +532,115 @@ def test_rest_active_features(client):
     assert [f["index"] for f in body["features"]] == [f["index"] for f in graph["features"]]
 
 
+def openapi_schema(doc: dict, path: str, method: str, status: int) -> dict:
+    """A response's JSON Schema, with the document's components for its $refs."""
+    response = doc["paths"][path][method]["responses"][str(status)]
+    return {**response["content"]["application/json"]["schema"], "components": doc["components"]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("get", "/api/saes", None, 200),
+        ("get", "/api/features/{sae}/{index}", ("sae", 5), 200),
+        ("get", "/api/features/{sae}/{index}", ("sae", 0), 200),
+        ("get", "/api/features/{sae}/{index}", ("sae", 64), 404),
+        ("get", "/api/features/{sae}/{index}", ("sae", 2**31), 422),
+        ("get", "/api/features/{sae}/{index}", ("nope", 1), 404),
+        ("post", "/api/active-features", {"sae": SAE, "text": "the fox", "topK": 3}, 200),
+        ("post", "/api/active-features", {"sae": SAE, "text": "x" * 3000}, 422),
+        ("post", "/api/active-features", {"sae": "nope", "text": "a"}, 404),
+    ],
+)
+def test_rest_responses_validate_against_the_openapi_document(client, method, path, body, status):
+    """Real answers checked by jsonschema against the served document: every key declared,
+    every type right, every status listed (additionalProperties is false on every object)."""
+    doc = client.get("/api/openapi.json").json()
+    if method == "get":
+        url = path.format(sae=body[0], index=body[1]) if body else path
+        response = client.get(url)
+    else:
+        response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    jsonschema.validate(response.json(), openapi_schema(doc, path, method, status))
+
+
+def test_openapi_walks_the_schema(client):
+    """Every field of the GraphQL record types is in the REST answer, and the server's own
+    limits are the document's bounds."""
+    doc = client.get("/api/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    introspected = data(client, '{ __type(name: "Sae") { fields { name } } }')["__type"]
+    assert set(schemas["Sae"]["properties"]) == {f["name"] for f in introspected["fields"]}
+    body = doc["paths"]["/api/active-features"]["post"]["requestBody"]
+    props = body["content"]["application/json"]["schema"]["properties"]
+    assert props["topK"]["maximum"] == ServeConfig().max_active_top_k
+    assert props["text"]["maxLength"] == ServeConfig().max_text_chars
+    (index,) = [
+        p
+        for p in doc["paths"]["/api/features/{sae}/{index}"]["get"]["parameters"]
+        if p["name"] == "index"
+    ]
+    assert index["schema"]["minimum"] == 0 and index["schema"]["maximum"] == 2**31 - 1
+
+
+def test_rest_index_past_int32_is_a_declared_422(client):
+    """issue 21: an index above 2^31 was an undeclared 400."""
+    response = client.get(f"/api/features/sae/{2**31}")
+    assert response.status_code == 422 and "index" in response.json()["error"]
+
+
+def test_rest_integral_float_top_k_is_accepted(client):
+    """issue 21: JSON Schema's integer admits 2.0; the server now does too (and refuses 2.5)."""
+    ok = client.post("/api/active-features", json={"sae": SAE, "text": "fox", "topK": 2.0})
+    assert ok.status_code == 200 and len(ok.json()["features"]) == 2
+    bad = client.post("/api/active-features", json={"sae": SAE, "text": "fox", "topK": 2.5})
+    assert bad.status_code == 422 and "topK" in bad.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/api/saes", "GET"),
+        ("GET", "/api/active-features", "POST"),
+        ("DELETE", "/api/features/sae/1", "GET"),
+        ("PUT", "/graphql", "GET"),
+    ],
+)
+def test_405_names_the_allowed_methods(client, method, path, allow):
+    """issue 21: 405s came without the Allow header."""
+    response = client.request(method, path)
+    assert response.status_code == 405 and allow in response.headers["allow"]
+
+
+def post_escaped(client: TestClient, path: str, payload: dict):
+    """POST JSON as json.dumps writes it: a lone surrogate goes as the escape \\ud800."""
+    headers = {"content-type": "application/json"}
+    return client.post(path, content=json.dumps(payload), headers=headers)
+
+
+def test_lone_surrogate_is_bad_input_not_internal_error(client):
+    """issue 21: "\\ud800x" is valid JSON but not Unicode; it gave "Internal server error."."""
+    bad = "\ud800x"
+    graph = post_escaped(client, "/graphql", {"query": ACTIVE, "variables": {"text": bad}})
+    (err,) = graph.json()["errors"]
+    assert err["extensions"]["code"] == "BAD_USER_INPUT" and "surrogate" in err["message"]
+    rest = post_escaped(client, "/api/active-features", {"sae": SAE, "text": bad})
+    assert rest.status_code == 422 and "surrogate" in rest.json()["error"]
+    search = post_escaped(client, "/graphql", {"query": SEARCH, "variables": {"q": bad}})
+    assert search.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
 def test_openapi_document(client):
     doc = client.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/api/saes", "/api/features/{sae}/{index}", "/api/active-features"}
+    assert set(doc["paths"]) == {
+        "/api/saes",
+        "/api/features/{sae}/{index}",
+        "/api/active-features",
+        "/api/explanations",
+        "/api/explanations/{id}",
+    }
     refs = json.dumps(doc).count('"$ref": "#/components/schemas/')
     assert refs > 5 and {"Feature", "Error", "ActiveFeatures"} <= set(doc["components"]["schemas"])
 

@@ -14,10 +14,12 @@ import time
 import httpx
 import pytest
 
+from saedex.config import SiteConfig
 from saedex.indexer.indexing import default_sae_id
 from saedex.indexer.sae import DEFAULT_SAE_DIR
+from saedex.site.pages import sae_keys
 from saedex.store import IndexReader
-from tests.test_site import ExampleParser
+from tests.test_site import feature_examples
 
 pytestmark = [
     pytest.mark.integration,
@@ -103,9 +105,8 @@ def test_api_top_examples_are_the_index(demo, busiest):
 def test_site_page_shows_the_api_examples(demo, busiest):
     _, site, client = demo
     shown = graphql(client, FEATURE_QUERY, sae=SAE, index=busiest)["feature"]["topExamples"]
-    parser = ExampleParser()
-    parser.feed((site / "features" / f"{busiest}.html").read_text())
-    on_page = parser.examples[: len(shown)]
+    key, per = sae_keys([SAE])[SAE], SiteConfig().features_per_page
+    on_page = feature_examples(site, key, busiest, per)[: len(shown)]
     assert len(on_page) == len(shown)
     for page, api in zip(on_page, shown, strict=True):
         assert page["text"] == "".join(api["tokens"][1:])  # the page leaves BOS out

@@ -208,3 +208,43 @@ def test_skipped_documents_are_counted(tiny_model, tmp_path):
     with IndexReader(db) as reader:
         info = reader.saes()[0]
     assert (info.n_documents, info.n_skipped_documents) == (1, 2)
+
+
+# -- hooks, context sizes, document ids (issue 12.8) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hook", ["blocks.0.attn.hook_z", "blocks.0.hook_z", "blocks.0.mlp.hook_post"]
+)
+def test_non_residual_hooks_are_refused(good, hook):
+    sae = broken_sae(good[4], hook.replace(".", "-"), hook_name=hook)
+    expect_error(good, f"SAE hook {hook!r} is not in the residual stream", sae=sae)
+
+
+def test_reshaped_activations_are_refused(good):
+    sae = broken_sae(good[4], "reshape", reshape_activations="hook_z")
+    expect_error(good, "unsupported reshape_activations='hook_z'", sae=sae)
+
+
+@pytest.mark.parametrize(("size", "message"), [(600, "longer than model"), (40_000, "32767")])
+def test_context_size_is_bounded_before_tokenising(good, size, message):
+    tiny_model, tiny_corpus, sae, db, _ = good
+    before = dump(db)
+    result = runner.invoke(
+        app,
+        ["index", "--model", str(tiny_model), "--sae", str(sae), "--corpus", str(tiny_corpus),
+         "--db", str(db), "--sae-id", "long", "--context-size", str(size), "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and dump(db) == before
+
+
+def test_jsonl_rows_keep_their_own_ids(tmp_path):
+    from saedex.indexer.corpus import CorpusStats, read_documents
+
+    rows = [{"doc_id": "abc", "text": "a"}, {"id": 0, "text": "b"}, {"text": "c"}]
+    rows += [{"id": "", "doc_id": "xyz", "text": "d"}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = [d.doc_id for d in read_documents(path, CorpusStats())]
+    assert ids == ["abc", "0", "c.jsonl:3", "xyz"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -134,8 +135,8 @@ def test_live_inference_refuses_a_changed_sae(made, tmp_path):
     moved = tmp_path / "sae"
     shutil.copytree(sae, moved)
     info = type(info)(**{**info.__dict__, "sae_path": str(moved)})
-    assert engine.encode(info, "the quick brown fox").token_ids
+    assert asyncio.run(engine.encode(info, "the quick brown fox")).token_ids
     changed = build_tiny_sae(tmp_path / "changed", seed=11)
     shutil.copy(changed / "sae_weights.safetensors", moved / "sae_weights.safetensors")
     with pytest.raises(Unavailable, match="changed since it was indexed"):
-        InferenceEngine().encode(info, "the quick brown fox")
+        asyncio.run(InferenceEngine().encode(info, "the quick brown fox"))

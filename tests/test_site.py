@@ -1,11 +1,14 @@
-"""The static site exporter on real indexes of the tiny fixtures: data, escaping, build, re-export."""
+"""The static site exporter on real indexes of the tiny fixtures: several SAEs in one site, the
+compact feature data against the index, escaping, search, re-export, and pages in Chromium."""
 
 from __future__ import annotations
 
+import html
 import json
+import math
 import re
-import shutil
 from dataclasses import replace
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,14 +17,25 @@ from typer.testing import CliRunner
 
 from saedex.cli import app
 from saedex.config import IndexConfig, SiteConfig
-from saedex.data import Example, FeatureData, FeatureSummary, Histogram, LogitEntry
+from saedex.data import (
+    Example,
+    Explanation,
+    FeatureData,
+    FeatureSummary,
+    Histogram,
+    LogitEntry,
+)
 from saedex.indexer.indexing import IndexJob, run_index
-from saedex.site.export import SiteJob, export_site
-from saedex.site.pages import PageContext, feature_head
-from saedex.site.render import esc, token_html
+from saedex.site import payload
+from saedex.site.export import SiteJob, export_site, search_terms, shard_of, term
+from saedex.site.pages import FeatureRow, public_name
+from saedex.site.render import esc, feature_html, script_json, token_html
 from saedex.store import IndexReader
+from tests.browser import CHROMEDRIVER, CHROMIUM, chromium
 
 SAE = "sae"
+WIDE = "second/sae"  # a slash: its folder is "second-sae"
+WIDE_KEY = "second-sae"
 HOSTILE_SAE = "hostile"
 HOSTILE = [
     '<script>alert("pwned")</script>',
@@ -31,11 +45,12 @@ HOSTILE = [
     "`code` *bold* _em_ **strong**",
     "[x](http://evil.example) ![i](http://evil.example/i.png)",
     "&amp; &lt;b&gt; &#60;i&#62;",
-    "<!-- saedex:html --> </details></summary>",
+    "<!-- saedex:html --> </details></summary> SAEDEX_TITLE_SLOT",
     "text\n---\n\n    indented code\n\n1. item\n> quote",
 ]
 HOSTILE_SOURCE = "<b>src</b>|*x*"
-SITE = SiteConfig(workers=1)
+PER = 8  # features per block page: the tiny SAE spans several blocks
+SITE = SiteConfig(workers=1, features_per_page=PER)
 
 
 def _index(db: Path, sae_id: str, model, sae, corpus) -> Path:
@@ -46,8 +61,10 @@ def _index(db: Path, sae_id: str, model, sae, corpus) -> Path:
 
 @pytest.fixture(scope="session")
 def site_db(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
+    """Two SAEs in one index file."""
     db = tmp_path_factory.mktemp("site") / "index.duckdb"
-    return _index(db, SAE, tiny_model, tiny_sae, tiny_corpus)
+    _index(db, SAE, tiny_model, tiny_sae, tiny_corpus)
+    return _index(db, WIDE, tiny_model, tiny_sae, tiny_corpus)
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +81,10 @@ def hostile_db(tmp_path_factory, tiny_model, tiny_sae) -> Path:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, site_db) -> Path:
-    """The tiny index exported and built; returns the project folder."""
+    """Every SAE of the tiny index exported and built; returns the project folder."""
     out = tmp_path_factory.mktemp("built") / "project"
-    result = export_site(SiteJob(site_db, SAE, out, SITE, build=True), progress=False)
-    assert result.site_dir == out / "site"
+    result = export_site(SiteJob(site_db, (), out, SITE, build=True), progress=False)
+    assert result.site_dir == out / "site" and result.saes == (SAE, WIDE)
     return out
 
 
@@ -78,100 +95,203 @@ def hostile_built(tmp_path_factory, hostile_db) -> Path:
     return out / "site"
 
 
-# -- reading a page back -----------------------------------------------------------------------
-
-_UNMARK = str.maketrans({"\u2423": " ", "\u21b5": "\n", "\u21e5": "\t", "\u240d": "\r"})
-
-
-class ExampleParser(HTMLParser):
-    """Each example of a page: its full text (markers undone) and its marked values."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.examples: list[dict] = []
-        self._depth = 0  # >0 inside an example's .sx-c span
-        self._skip = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "span" and attrs.get("class") == "sx-c":
-            self.examples.append({"text": "", "values": []})
-            self._depth = 1
-        elif self._depth:
-            self._depth += tag == "span"
-            self._skip = tag == "b" and attrs.get("class") == "x"
-            if tag == "mark":
-                self.examples[-1]["values"].append(float(attrs["data-v"]))
-
-    def handle_endtag(self, tag):
-        if self._depth and tag == "span":
-            self._depth -= 1
-        self._skip = False
-
-    def handle_data(self, data):
-        if self._depth and not self._skip:
-            self.examples[-1]["text"] += data.translate(_UNMARK)
-
-
-def _html_part(md: Path) -> str:
-    return md.read_text().partition("<!-- saedex:html -->")[2]
-
-
 def _busiest_feature(db: Path, sae_id: str) -> int:
     with IndexReader(db) as reader:
         return reader.list_features(sae_id, "density", descending=True, limit=1).items[0].index
 
 
+def _block_data(site: Path, key: str, index: int, per: int = PER) -> dict:
+    html = (site / key / "features" / f"{index // per}.html").read_text()
+    raw = re.search(r'<script type="application/json" id="sx-data">(.*?)</script>', html, re.S)
+    return json.loads(raw.group(1))
+
+
+def _contexts(site: Path, key: str) -> dict[int, list]:
+    """Every context shard of an SAE, read back as the script reads it."""
+    out = {}
+    for shard in (site / "data" / key).glob("ctx-*.js"):
+        m = re.fullmatch(r'saedex\.ctx\("[^"]+",(\d+),(.*)\);\n', shard.read_text(), re.S)
+        for k, row in enumerate(json.loads(m.group(2))):
+            out[int(m.group(1)) + k] = row
+    return out
+
+
+def feature_examples(site: Path, key: str, index: int, per: int = PER) -> list[dict]:
+    """A feature's top examples as its built page holds them: the text of each context (BOS
+    left out) and the values of its active tokens."""
+    block = _block_data(site, key, index, per)
+    f = next(x for x in block["features"] if x["i"] == index)
+    vocab_js = (site / "data" / f"vocab-{block['model']}.js").read_text()
+    vocab = json.loads(re.fullmatch(r'saedex\.vocab\("[^"]+",(.*)\);\n', vocab_js, re.S).group(1))
+    contexts = _contexts(site, key)
+    first = block["page"]["first"]
+    return [
+        {"text": "".join(vocab[t] for t in contexts[ref][3][first:]), "values": values}
+        for ref, _, _, _, values in f["ex"]
+    ]
+
+
+def _r3(values) -> list[float]:
+    return [float(f"{v:.3g}") for v in values]
+
+
 # -- data --------------------------------------------------------------------------------------
 
 
-def test_feature_page_matches_index(built, site_db):
+def test_feature_data_matches_index(built, site_db):
+    site = built / "site"
     index = _busiest_feature(site_db, SAE)
     with IndexReader(site_db) as reader:
         data = reader.feature(SAE, index)
-    html = _html_part(built / "docs" / "features" / f"{index}.md")
-    parser = ExampleParser()
-    parser.feed(html)
-    n_intervals = sum(len(i.examples) for i in data.interval_samples)
-    assert len(parser.examples) == len(data.top_examples) + n_intervals
-    for shown, ex in zip(parser.examples, data.top_examples, strict=False):
-        assert shown["text"] == "".join(ex.tokens[1:])  # BOS left out
-        active = [v for v in ex.activations[1:] if v > 0]
-        assert shown["values"] == [float(f"{v:.3g}") for v in active]
+        vocab = reader.vocab(reader.sae(SAE).model_name)
+    block = _block_data(site, SAE, index)
+    f = next(x for x in block["features"] if x["i"] == index)
+    contexts = _contexts(site, SAE)
+    shown = block["page"]["shown"]
+    assert len(f["ex"]) == min(shown, len(data.top_examples))
+    for (ref, max_pos, max_act, positions, values), ex in zip(
+        f["ex"], data.top_examples, strict=False
+    ):
+        cid, doc, source, ids = contexts[ref]
+        assert (cid, doc, ids, max_pos) == (
+            ex.context_id,
+            ex.document_id,
+            ex.token_ids,
+            ex.max_token_index,
+        )
+        assert [vocab[t] for t in ids] == ex.tokens
+        active = [(p, v) for p, v in enumerate(ex.activations) if v > 0]
+        assert positions == [p for p, _ in active] and values == _r3(v for _, v in active)
+        assert max_act == float(f"{ex.max_activation:.3g}")
     s = data.summary
-    assert f"{100 * s.density:.3g}%" in html and f"{s.n_active:,} of" in html
-    assert f"{s.max_activation:.3g}" in html
-    for entry in s.top_logits + data.bottom_logits:
-        assert f"<code>{token_html(entry.token)}</code></td><td>{entry.value:+.3f}" in html
-    links = re.findall(r'<a href="(\d+)\.html">#\d+</a></td><td>', html)
-    assert links == [str(n.index) for n in data.neighbours]
-    headings = re.findall(r"INTERVAL [\d.e+-]+ - [\d.e+-]+ CONTAINS [\d.e+-]+%", html)
-    assert len(headings) == len(data.interval_samples)
-    bars = sum(1 for c in data.histogram.counts if c > 0)
-    assert html.split("Logit lens")[0].count("<rect ") == bars
+    assert (f["n"], f["mx"]) == (s.n_active, float(f"{s.max_activation:.3g}"))
+    assert [t for t, _ in f["tl"]] == [e.token_id for e in s.top_logits]
+    assert [t for t, _ in f["bl"]] == [e.token_id for e in data.bottom_logits]
+    assert [i for i, _ in f["nb"]] == [n.index for n in data.neighbours]
+    assert f["h"][1] == data.histogram.counts and f["lh"][1] == data.logit_histogram.counts
+    assert [len(iv[3]) for iv in f["iv"]] == [len(i.examples) for i in data.interval_samples]
+    # the same feature from a FeatureData (the notebook path) gives the same data
+    same, ctx_inline, _ = payload.from_feature(data)
+    assert {k: v for k, v in same.items() if k not in ("ex", "iv")} == {
+        k: v for k, v in f.items() if k not in ("ex", "iv")
+    }
+    assert [e[1:] for e in same["ex"][:shown]] == [e[1:] for e in f["ex"]]
 
 
-def test_listing_and_home_cover_every_feature(built, site_db):
+def test_fallback_shows_stats_and_examples_text(built, site_db):
+    index = _busiest_feature(site_db, SAE)
+    html = (built / "site" / SAE / "features" / f"{index // PER}.html").read_text()
+    section = html.split(f'<section class="sx-f" id="f{index}">')[1].split("</section>")[0]
+    with IndexReader(site_db) as reader:
+        data = reader.feature(SAE, index)
+    assert f"{data.summary.n_active:,} of" in section and "Density" in section
+    ex = data.top_examples[0]
+    peak = f"<b>{token_html(ex.tokens[ex.max_token_index])}</b>"
+    lo = max(1, ex.max_token_index - 10)
+    window = "".join(token_html(t) for t in ex.tokens[lo : ex.max_token_index]) + peak
+    assert window in section
+
+
+def test_several_saes_listings_and_links(built, site_db):
+    site = built / "site"
+    home = (site / "index.html").read_text()
+    assert 'href="sae/index.html"' in home and f'href="{WIDE_KEY}/index.html"' in home
+    with IndexReader(site_db) as reader:
+        infos = {i: reader.sae(i) for i in (SAE, WIDE)}
+    for sae_id, key in ((SAE, SAE), (WIDE, WIDE_KEY)):
+        info = infos[sae_id]
+        assert f"{info.d_sae:,}" in home
+        sae_home = (site / key / "index.html").read_text()
+        assert 'href="list/density-1.html"' in sae_home and "Feature density" in sae_home
+        other = WIDE_KEY if key == SAE else SAE
+        assert f'href="../{other}/index.html"' in sae_home
+        listing = (site / key / "list" / "index-1.html").read_text()
+        links = re.findall(r'id="f(\d+)" href="../features/(\d+)\.html#f(\d+)"', listing)
+        assert [int(i) for i, _, _ in links] == list(range(info.d_sae))
+        assert all(int(b) == int(i) // PER and i == j for i, b, j in links)
+        blocks = sorted(int(p.stem) for p in (site / key / "features").glob("*.html"))
+        assert blocks == list(range(math.ceil(info.d_sae / PER)))
+        data = _block_data(site, key, 0)
+        assert data["page"]["sae"] == key and data["page"]["title"] == sae_id
+        assert [f["i"] for f in data["features"]] == list(range(PER))
+    assert not (site / SAE / "features" / "_shell.html").exists()
+
+
+def test_no_absolute_paths_on_pages(built, site_db):
     with IndexReader(site_db) as reader:
         info = reader.sae(SAE)
-    listing = (built / "docs" / "list" / "index-1.md").read_text()
-    assert re.findall(r'id="f(\d+)" href="../features/\1.html"', listing) == [
-        str(i) for i in range(info.d_sae)
-    ]
-    home = (built / "docs" / "index.md").read_text()
-    assert f"{info.n_tokens:,}" in home and "Feature density (log scale)" in home
-    assert 'href="list/density-1.html"' in home
+    assert Path(info.corpus).is_absolute()
+    for page in (built / "site").rglob("*"):
+        if page.suffix in (".html", ".js") and page.is_file():
+            text = page.read_text()
+            assert info.corpus not in text and info.sae_path not in text, page
+            assert info.model_name not in text, page
+            assert str(built) not in text, page
+    assert public_name("/home/me/corpus.jsonl") == "corpus.jsonl"
+    assert public_name("org/dataset") == "org/dataset"
 
 
-def test_search_text_is_compact(built, site_db):
+# -- search ------------------------------------------------------------------------------------
+
+
+def _terms(site: Path, key: str) -> dict[str, list]:
+    out = {}
+    for shard in (site / "data" / key).glob("terms-*.js"):
+        m = re.fullmatch(r'saedex\.terms\("[^"]+",(\d+),(.*)\);\n', shard.read_text(), re.S)
+        for t, postings in json.loads(m.group(2)).items():
+            assert shard_of(t, len(list((site / "data" / key).glob("terms-*.js")))) == int(
+                m.group(1)
+            )
+            out[t] = postings
+    return out
+
+
+def test_search_shards_hold_tokens(built, site_db):
     index = _busiest_feature(site_db, SAE)
-    md = (built / "docs" / "features" / f"{index}.md").read_text()
-    head = md.partition("<!-- saedex:html -->")[0]
-    assert f"# Feature {index}" in head and "<mark" not in head and len(head) < 2000
-    search = json.loads((built / "site" / "search" / "search_index.json").read_text())
-    entry = next(d for d in search["docs"] if d["location"] == f"features/{index}.html")
-    assert "Fires most on" in entry["text"] and "INTERVAL" not in entry["text"]
-    assert not any(d["location"].startswith("list/") for d in search["docs"])
+    with IndexReader(site_db) as reader:
+        data = reader.feature(SAE, index)
+    terms = _terms(built / "site", SAE)
+    ex = data.top_examples[0]
+    fires = term(ex.tokens[ex.max_token_index])
+    promotes = term(data.summary.top_logits[0].token)
+    if fires:
+        assert any(i == index and flags & 1 for i, flags in terms[fires])
+    if promotes:
+        assert any(i == index and flags & 2 for i, flags in terms[promotes])
+    total = sum(
+        (built / "site" / "data" / SAE).joinpath(p.name).stat().st_size
+        for p in (built / "site" / "data" / SAE).glob("terms-*.js")
+    )
+    assert total < 200_000
+
+
+def test_search_shards_match_the_forms(tmp_path, site_db, monkeypatch):
+    """Every search box names as many shards as its SAE has files (more than one here)."""
+    from saedex.site import export
+
+    monkeypatch.setattr(export, "TERMS_PER_SHARD", 10)
+    out = tmp_path / "shards"
+    export_site(SiteJob(site_db, (), out, SITE), progress=False)
+    data = out / "docs" / "data"
+    pages = [out / "docs" / "index.md", out / "docs" / SAE / "index.md"]
+    pages += [out / "docs" / SAE / "list" / "index-1.md"]
+    for page in pages:
+        raw = re.findall(r"data-search='([^']*)'", page.read_text())
+        assert raw, page
+        for sae in json.loads(html.unescape(raw[0]))["saes"]:
+            assert sae["shards"] == len(list((data / sae["key"]).glob("terms-*.js"))) > 1
+
+
+def test_explanations_join_search_and_lead_the_page():
+    rows = [FeatureRow(3, 1, 0.1, 1.0, ("cat",), ("dog",), ("Mentions of Paris, France", "Dogs"))]
+    terms = search_terms(rows)
+    assert terms["paris"] == {3: 4} and terms["cat"] == {3: 9} and terms["dog"] == {3: 10}
+    assert terms["dogs"] == {3: 4}
+    html = feature_html(_fake_feature(["a", "b", "c"], "Paris <b>bold</b>"))
+    section = html.split('<section class="sx-f"')[1]
+    assert section.index("Paris &lt;b&gt;bold&lt;&#47;b&gt;".replace("&#47;", "/")) < section.index(
+        "Density"
+    )
 
 
 # -- escaping ----------------------------------------------------------------------------------
@@ -182,29 +302,47 @@ def test_escape_makes_markup_inert():
         escaped = esc(text)
         assert not set("<>`*_[]{}|&").intersection(re.sub(r"&#?\w+;", "", escaped))
     assert token_html(" a\n\tb") == "<i>\u2423</i>a<i>\u21b5\u21e5</i>b"
+    for text in HOSTILE:
+        assert "<" not in script_json({"t": text}) and json.loads(script_json([text])) == [text]
 
 
-def _fake_feature(tokens: list[str]) -> FeatureData:
+def _fake_feature(tokens: list[str], explanation: str = "") -> FeatureData:
     ex = Example(
         1, "<b>d</b>", "<i>s</i>", list(range(len(tokens))), tokens, [1.0] * len(tokens), 1.0, 2
     )
     summary = FeatureSummary(
-        "s", 7, 1, 0.5, 1.0, 1.0, None, None, [LogitEntry(t, 0, 1.0) for t in tokens]
+        "s", 7, 1, 0.5, 1.0, 1.0, None, None, [LogitEntry(t, i, 1.0) for i, t in enumerate(tokens)]
     )
-    return FeatureData(summary, [], Histogram([], []), Histogram([], []), [ex] * 3, [], [])
-
-
-def test_searchable_head_stays_text_in_markdown():
-    """The head is the only part Markdown parses: hostile tokens must not become markup."""
-    import markdown
-
-    tokens = ["<bos>", "<script>", "\n\n", "---", "\n\n    ", "&amp;", "*a*", "[x](y)", "`{{c}}|`"]
-    ctx = PageContext([], 1, 10, 10, 10, 20, 10)
-    html = markdown.markdown(feature_head(_fake_feature(tokens), ctx))
-    collector = TagCollector()
-    collector.feed(html)
-    assert {t for t, _ in collector.tags} <= {"h1", "div", "p", "strong", "code"}
-    assert "&lt;script&gt;" in html and "&amp;amp;" in html
+    xp = (
+        [
+            Explanation(
+                1,
+                "s",
+                7,
+                explanation,
+                "human",
+                "me",
+                None,
+                {"detection": 0.8},
+                None,
+                True,
+                datetime(2026, 1, 1),
+                None,
+            )
+        ]
+        if explanation
+        else []
+    )
+    return FeatureData(
+        summary,
+        [],
+        Histogram([0.0, 1.0], [1]),
+        Histogram([-1.0, 0.0, 1.0], [2, 3]),
+        [ex] * 3,
+        [],
+        [],
+        xp,
+    )
 
 
 class TagCollector(HTMLParser):
@@ -236,89 +374,82 @@ def test_hostile_corpus_renders_as_text(hostile_built):
         collector.feed(html)
         tags = {t for t, _ in collector.tags}
         assert not tags & {"img", "em"}, page  # *x* / _x_ never became emphasis
-        assert "pwned" not in collector.script_text
+        assert "pwned" not in collector.script_text.replace('\\"pwned\\"', "")
         assert not any(a.get("href", "").startswith("http://evil") for _, a in collector.tags)
-        assert "alert(" not in collector.script_text
         assert "{{" not in html and "{%" not in html
         assert html.count("<!-- saedex:html -->") == 0
+        assert "SAEDEX_TITLE_SLOT" not in html.split("<article")[0] and "hide:" not in html
         shown += html
-    assert "&lt;script&gt;id0&lt;/script&gt;" in shown  # document ids, escaped
-    assert esc(HOSTILE_SOURCE) in shown
+    contexts = " ".join(p.read_text() for p in hostile_built.glob("data/*/ctx-*.js"))
+    assert "<script>id0</script>" in contexts and HOSTILE_SOURCE in contexts
     assert "&lt;" in shown and "&#123;&#123;" in shown and "&#96;" in shown
 
 
-def test_hostile_search_index_is_escaped(hostile_built):
-    text = (hostile_built / "search" / "search_index.json").read_text()
-    data = json.loads(text)
-    snippets = " ".join(d["text"] for d in data["docs"])
-    assert "<script" not in snippets and "<img" not in snippets and "&lt;" in snippets
+def test_notebook_html_escapes_the_hostile_feature():
+    html = feature_html(_fake_feature(["<bos>", *HOSTILE], "<script>alert(1)</script>"))
+    collector = TagCollector()
+    collector.feed(html)
+    assert not {t for t, _ in collector.tags} & {"img", "em", "a"}
+    assert "alert(1)</script>" not in html and "<script>alert" not in html
 
 
-# -- build, offline, re-export -----------------------------------------------------------------
-
-
-def test_build_is_offline_and_relative(built):
-    site = built / "site"
-    assert (site / "index.html").is_file() and (site / "search" / "search_index.js").is_file()
-    for page in [site / "index.html", site / "features" / "0.html", site / "list" / "index-1.html"]:
-        collector = TagCollector()
-        collector.feed(page.read_text())
-        for tag, attrs in collector.tags:
-            ref = attrs.get("src") or (attrs.get("href") if tag == "link" else None) or ""
-            assert not ref.startswith(("http:", "https:", "//", "/")), (page, ref)
-    feature = (site / "features" / "0.html").read_text()
-    assert 'class="sx-ex"' in feature and "<svg" in feature
-    assert "fonts.googleapis" not in feature and "unpkg" not in feature
+# -- re-export, CLI ----------------------------------------------------------------------------
 
 
 def _mtimes(project: Path) -> dict[str, int]:
-    docs = project / "docs"
-    return {str(p): p.stat().st_mtime_ns for p in docs.rglob("*") if p.is_file()}
+    return {
+        str(p): p.stat().st_mtime_ns
+        for folder in ("docs", "blocks")
+        for p in (project / folder).rglob("*")
+        if p.is_file()
+    }
 
 
 def test_unchanged_reexport_touches_nothing(tmp_path, site_db):
     out = tmp_path / "project"
     first = export_site(SiteJob(site_db, SAE, out, SITE), progress=False)
-    assert first.written == first.pages + 4  # and mkdocs.yml, the hook, two assets
+    assert first.written > first.pages
     before = _mtimes(out)
     again = export_site(SiteJob(site_db, SAE, out, SITE), progress=False)
     assert again.written == 0 and again.removed == 0
     assert _mtimes(out) == before
-    (out / "docs" / "features" / "9999.md").write_text("stale")
+    (out / "blocks" / SAE / "9999.html").write_text("stale")
     assert export_site(SiteJob(site_db, SAE, out, SITE), progress=False).removed == 1
 
 
 def test_parallel_export_matches_inline(tmp_path, site_db, built):
     out = tmp_path / "parallel"
-    job = SiteJob(site_db, SAE, out, replace(SITE, workers=2), chunk_size=16)
+    job = SiteJob(site_db, (), out, replace(SITE, workers=2), chunk_size=16)
     export_site(job, progress=False)
-    for page in (built / "docs").rglob("*.md"):
-        assert (out / page.relative_to(built)).read_text() == page.read_text()
+    for folder in ("docs", "blocks"):
+        for page in (built / folder).rglob("*"):
+            if page.is_file():
+                assert (out / page.relative_to(built)).read_bytes() == page.read_bytes(), page
 
 
 def test_cli_export_site(tmp_path, site_db):
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(
-        app, ["export-site", "--db", str(site_db), "--sae", SAE, "--out", str(out), "--quiet"]
-    )
+    args = ["export-site", "--db", str(site_db), "--out", str(out), "--quiet"]
+    result = runner.invoke(app, [*args, "--sae", SAE, "--sae", WIDE])
     assert result.exit_code == 0, result.output
-    assert (out / "mkdocs.yml").is_file() and (out / "docs" / "features" / "0.md").is_file()
+    assert (out / "mkdocs.yml").is_file() and (out / "blocks" / WIDE_KEY / "0.html").is_file()
+    one = runner.invoke(app, [*args[:-2], str(tmp_path / "one"), "--quiet", "--sae", SAE])
+    assert one.exit_code == 0 and not (tmp_path / "one" / "blocks" / WIDE_KEY).exists()
     bad = runner.invoke(app, ["export-site", "--db", str(site_db), "--sae", "nope", "--out", "x"])
     assert bad.exit_code == 2 and "no SAE 'nope'" in bad.output
 
 
 # -- in a real browser (headless Chromium) -----------------------------------------------------
 
+_UNMARK = str.maketrans({"\u2423": " ", "\u21b5": "\n", "\u21e5": "\t", "\u240d": "\r"})
+
 
 def _browser_paths() -> tuple[str, str] | None:
     import importlib.util
-    import shutil
 
-    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-    driver = shutil.which("chromedriver")
     has_selenium = importlib.util.find_spec("selenium") is not None
-    return (binary, driver) if binary and driver and has_selenium else None
+    return (CHROMIUM, CHROMEDRIVER) if CHROMIUM and CHROMEDRIVER and has_selenium else None
 
 
 needs_browser = pytest.mark.skipif(
@@ -330,25 +461,7 @@ needs_browser = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = _browser_paths()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1600",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"), "--window-size=1400,1600")
     driver.implicitly_wait(0)
     yield driver
     driver.quit()
@@ -374,6 +487,18 @@ def _screenshot(driver, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def _shows_dashboard(browser, index: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    section = _wait(browser, f"#f{index}.sx-drawn")
+    marks = section.find_elements(By.CSS_SELECTOR, "details.sx-ex mark")
+    assert marks and marks[0].value_of_css_property("background-color") != "rgba(0, 0, 0, 0)"
+    svgs = section.find_elements(By.CSS_SELECTOR, "svg.sx-hist")
+    assert len(svgs) == 2 and all(s.find_elements(By.TAG_NAME, "rect") for s in svgs)
+    others = browser.find_elements(By.CSS_SELECTOR, ".sx-f")
+    assert [s.get_attribute("id") for s in others if s.is_displayed()] == [f"f{index}"]
+
+
 @needs_browser
 def test_browser_feature_page(browser, built, site_db, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
@@ -382,13 +507,11 @@ def test_browser_feature_page(browser, built, site_db, tmp_path):
     index = _busiest_feature(site_db, SAE)
     with IndexReader(site_db) as reader:
         top = reader.top_examples(SAE, [index])[index][0]
-    browser.get((built / "site" / "features" / f"{index}.html").as_uri())
-    marks = browser.find_elements(By.CSS_SELECTOR, "details.sx-ex mark")
-    assert marks and marks[0].value_of_css_property("background-color") != "rgba(0, 0, 0, 0)"
-    svgs = browser.find_elements(By.CSS_SELECTOR, "svg.sx-hist")
-    assert len(svgs) == 2 and all(s.find_elements(By.TAG_NAME, "rect") for s in svgs)
-
-    example = browser.find_element(By.CSS_SELECTOR, "details.sx-ex")
+    page = built / "site" / SAE / "features" / f"{index // PER}.html"
+    browser.get(page.as_uri() + f"#f{index}")
+    _shows_dashboard(browser, index)
+    section = browser.find_element(By.ID, f"f{index}")
+    example = section.find_element(By.CSS_SELECTOR, "details.sx-ex")
     context = example.find_element(By.CSS_SELECTOR, ".sx-c")
     hidden = example.find_elements(By.CSS_SELECTOR, ".o")
     assert not any(o.is_displayed() for o in hidden)
@@ -397,26 +520,89 @@ def test_browser_feature_page(browser, built, site_db, tmp_path):
     assert all(o.is_displayed() for o in hidden)
     full = context.text.translate(_UNMARK)
     assert full == "".join(top.tokens[1:]) and len(full) >= len(window_text)
-
     mark = context.find_element(By.CSS_SELECTOR, "mark.mx")
     ActionChains(browser).move_to_element(mark).perform()
     tip = browser.execute_script("return getComputedStyle(arguments[0], '::after').content", mark)
     assert tip == json.dumps(mark.get_attribute("data-v"))
     print("screenshot:", _screenshot(browser, tmp_path, "feature.png"))
+    # the next feature: same page or the next block, drawn on arrival
+    section.find_element(By.PARTIAL_LINK_TEXT, f"#{index + 1}").click()
+    _shows_dashboard(browser, index + 1)
 
 
 @needs_browser
-def test_browser_home_and_offline_search(browser, built, tmp_path):
+def test_browser_links_between_saes(browser, built):
+    """The place for features of other SAEs (matches) links across SAE folders."""
+
+    browser.get((built / "site" / SAE / "features" / "0.html").as_uri() + "#f1")
+    _shows_dashboard(browser, 1)
+    browser.execute_script(
+        "const s = JSON.parse(document.getElementById('sx-data').textContent);"
+        "const f = s.features[1]; f.mt = [[arguments[0], 9, 'child', 0.5]];"
+        "const sec = document.getElementById('f1'); sec.classList.remove('sx-drawn');"
+        "return saedex.render(sec, f, s);",
+        WIDE_KEY,
+    )
+    link = _wait(browser, "#f1 .sx-matches a")
+    assert link.get_attribute("href").endswith(f"/{WIDE_KEY}/features/{9 // PER}.html#f9")
+    link.click()
+    _shows_dashboard(browser, 9)
+    assert f"/{WIDE_KEY}/features/" in browser.current_url
+
+
+@needs_browser
+def test_browser_without_scripts_shows_stats_and_text(browser, built, site_db, tmp_path):
     from selenium.webdriver.common.by import By
 
-    browser.get((built / "site" / "index.html").as_uri())
-    assert browser.find_elements(By.CSS_SELECTOR, "svg.sx-hist rect")
+    index = _busiest_feature(site_db, SAE)
+    with IndexReader(site_db) as reader:
+        data = reader.feature(SAE, index)
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        page = built / "site" / SAE / "features" / f"{index // PER}.html"
+        browser.get(page.as_uri() + f"#f{index}")
+        section = browser.find_element(By.ID, f"f{index}")
+        assert section.is_displayed() and "sx-drawn" not in section.get_attribute("class")
+        text = section.text
+        assert f"{data.summary.n_active:,} of" in text
+        ex = data.top_examples[0]
+        assert ex.tokens[ex.max_token_index].strip() in text
+        print("screenshot:", _screenshot(browser, tmp_path, "no-script.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+
+
+def _search(browser, query: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    box = _wait(browser, "form.sx-search input")
+    box.clear()
+    box.send_keys(query)
+    results = browser.find_element(By.CSS_SELECTOR, ".sx-results")
+    WebDriverWait(browser, 15).until(lambda _: results.get_attribute("data-q") == query)
+    return results.find_elements(By.CSS_SELECTOR, "a")
+
+
+@needs_browser
+def test_browser_search_by_index_and_token(browser, built, site_db, tmp_path):
+    index = _busiest_feature(site_db, SAE)
+    with IndexReader(site_db) as reader:
+        ex = reader.top_examples(SAE, [index])[index][0]
+    token = ex.tokens[ex.max_token_index].strip() or None
+    browser.get((built / "site" / "index.html").as_uri())  # searches both SAEs
+    hrefs = [a.get_attribute("href") for a in _search(browser, "17")]
+    assert any(h.endswith(f"/{SAE}/features/{17 // PER}.html#f17") for h in hrefs)
+    assert any(f"/{WIDE_KEY}/features/" in h for h in hrefs)
     print("screenshot:", _screenshot(browser, tmp_path, "home.png"))
-    browser.find_element(By.CSS_SELECTOR, "label.md-search__icon, .md-search__input").click()
-    box = _wait(browser, "input.md-search__input")
-    box.send_keys("17")  # a feature index: search runs in the file:// worker stand-in
-    result = _wait(browser, ".md-search-result__item a")
-    assert "features/17.html" in result.get_attribute("href")
+    if token is None:
+        pytest.skip("the busiest feature peaks on whitespace")
+    links = _search(browser, token.upper())
+    hrefs = [a.get_attribute("href") for a in links]
+    assert any(h.endswith(f"/{SAE}/features/{index // PER}.html#f{index}") for h in hrefs)
+    print("screenshot:", _screenshot(browser, tmp_path, "search.png"))
+    next(a for a in links if a.get_attribute("href").endswith(f"#f{index}")).click()
+    _shows_dashboard(browser, index)
 
 
 @needs_browser
@@ -439,13 +625,15 @@ def test_browser_under_a_sub_path(browser, built, tmp_path):
     with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_address[1]}/some/path/saedex/"
-        browser.get(base + "features/3.html")
-        assert browser.find_elements(By.CSS_SELECTOR, "svg.sx-hist")
+        browser.get(base + f"{WIDE_KEY}/features/0.html#f3")
+        _shows_dashboard(browser, 3)
         header = browser.find_element(By.CSS_SELECTOR, ".md-header")
         assert header.value_of_css_property("position") in ("sticky", "fixed")  # theme CSS
         browser.find_element(By.PARTIAL_LINK_TEXT, "All features").click()
         _wait(browser, ".sx-list table")
-        assert browser.current_url == base + "list/index-1.html#f3"
+        assert browser.current_url == base + f"{WIDE_KEY}/list/index-1.html#f3"
+        links = _search(browser, "3")
+        assert links[0].get_attribute("href") == base + f"{WIDE_KEY}/features/0.html#f3"
         server.shutdown()
 
 
@@ -455,7 +643,10 @@ def test_browser_hostile_page_stays_text(browser, hostile_built, hostile_db):
     from selenium.webdriver.common.by import By
 
     index = _busiest_feature(hostile_db, HOSTILE_SAE)
-    browser.get((hostile_built / "features" / f"{index}.html").as_uri())
+    browser.get(
+        (hostile_built / HOSTILE_SAE / "features" / f"{index // PER}.html").as_uri() + f"#f{index}"
+    )
+    _wait(browser, f"#f{index}.sx-drawn")
     browser.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018
@@ -464,19 +655,33 @@ def test_browser_hostile_page_stays_text(browser, hostile_built, hostile_db):
     assert "<script>id" in text and HOSTILE_SOURCE in text
 
 
-def test_sharded_build_matches_single(tmp_path, built):
-    from saedex.site.build import build_site
+@needs_browser
+def test_browser_notebook_html(browser, tmp_path):
+    """The notebook view: the same renderer, data inline, hostile strings as text."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
 
-    project = tmp_path / "project"
-    shutil.copytree(built, project, ignore=shutil.ignore_patterns("site"))
-    site = build_site(project, workers=2, progress=False, min_shard_pages=10)
-    single = sorted(p.relative_to(built / "site") for p in (built / "site").rglob("*.html"))
-    assert sorted(p.relative_to(site) for p in site.rglob("*.html")) == single
-    for page in single:
-        assert (site / page).read_bytes() == (built / "site" / page).read_bytes(), page
-    docs = [
-        json.loads((s / "search" / "search_index.json").read_text())["docs"]
-        for s in (site, built / "site")
-    ]
-    assert sorted(map(json.dumps, docs[0])) == sorted(map(json.dumps, docs[1]))
-    assert not (project / ".build").exists()
+    page = tmp_path / "cell.html"
+    cell = feature_html(_fake_feature(["<bos>", *HOSTILE], "<img src=x onerror=alert(2)>"))
+    page.write_text(f"<!doctype html><meta charset=utf-8><body>{cell}</body>")
+    browser.get(page.as_uri())
+    section = _wait(browser, ".sx-f.sx-drawn")
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018
+    assert len(section.find_elements(By.CSS_SELECTOR, "svg.sx-hist")) == 2
+    assert section.find_elements(By.CSS_SELECTOR, "mark.mx")
+    assert not section.find_elements(By.CSS_SELECTOR, "img")
+    assert "<img src=x onerror=alert(2)>" in section.text
+    print("screenshot:", _screenshot(browser, tmp_path, "notebook.png"))
+
+
+def test_export_does_not_import_torch():
+    """Publishing a site needs no deep-learning stack (the API and site are torch-free)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import saedex.cli, saedex.site.export, saedex.site.build; "
+        "assert 'torch' not in sys.modules and 'saedex.indexer' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

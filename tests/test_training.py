@@ -204,12 +204,12 @@ def test_a_changed_setting_refuses_to_resume_unless_told_to_restart(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"architecture": "jumprelu"}, "unknown architecture"),
+        ({"architecture": "jumprelu"}, "architecture must be one of topk, standard"),
         ({"k": 0}, "k must be between"),
         ({"total_tokens": 10}, "at least one batch"),
         ({"buffer_tokens": 8}, "at least one batch"),
-        ({"checkpoint_every": 0}, "--checkpoint-every must be positive"),
-        ({"corpus_tokens": 0}, "--corpus-tokens must be positive"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be at least 1"),
+        ({"corpus_tokens": 0}, "corpus_tokens must be at least 1"),
     ],
 )
 def test_bad_settings(tiny_model, tiny_corpus, tmp_path, changes, message):

@@ -16,6 +16,7 @@ from pathlib import Path
 from saedex.data import (
     DocumentWindow,
     Example,
+    Explanation,
     FeatureData,
     FeaturePage,
     FeatureSummary,
@@ -26,8 +27,12 @@ from saedex.data import (
     SaeInfo,
 )
 from saedex.errors import SaedexError
+from saedex.fingerprint import sae_fingerprint
 from saedex.store import documents
+from saedex.store.deadline import interruptible
+from saedex.store.edits import EditStore, edits_path
 from saedex.store.views import IndexView
+from saedex.weights import feature_vectors, indexed_weights
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
 
@@ -52,9 +57,13 @@ class IndexReader:
         self._model_names: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, int], tuple[str, str, array]] = OrderedDict()
         self._saes: dict[str, SaeInfo] | None = None
+        self.edits_path = edits_path(Path(path))
+        self._edits: EditStore | None = None
 
     def close(self) -> None:
         self._con.close()
+        if self._edits is not None:
+            self._edits.close()
 
     def __enter__(self) -> IndexReader:
         return self
@@ -79,7 +88,8 @@ class IndexReader:
         self.refresh()
         cur = self._con.cursor()
         try:
-            return cur.execute(sql, params or []).fetchall()
+            with interruptible(cur):  # a request's deadline (store/deadline.py) can stop it
+                return cur.execute(sql, params or []).fetchall()
         finally:
             cur.close()
 
@@ -118,6 +128,18 @@ class IndexReader:
                 raise SaedexError(f"unknown SAE: {sae_id!r}")
             model_name = self._model_names[sae_id] = info.model_name
         return self.vocab(model_name)
+
+    # -- SAE weights (saedex.weights) -----------------------------------------------------------
+
+    def vectors(
+        self, sae_id: str, indices: list[int], kind: str = "decoder"
+    ) -> dict[int, list[float]]:
+        """Each feature's decoder row ("decoder") or encoder column ("encoder"), read from the
+        SAE weights file the run recorded (the index stores no weights)."""
+        info = self.sae(sae_id)
+        if info is None:
+            raise SaedexError(f"unknown SAE: {sae_id!r}")
+        return feature_vectors(indexed_weights(info), kind, indices)
 
     # -- features ------------------------------------------------------------------------------
 
@@ -169,7 +191,7 @@ class IndexReader:
         )
         out: dict[int, list[Neighbour]] = defaultdict(list)
         for feature, neighbour, cosine in rows:
-            out[feature].append(Neighbour(neighbour, cosine))
+            out[feature].append(Neighbour(sae_id, neighbour, cosine))
         return {i: out.get(i, []) for i in indices}
 
     def top_examples(
@@ -233,6 +255,7 @@ class IndexReader:
             top_examples=self.top_examples(sae_id, [index])[index],
             interval_samples=self.interval_samples(sae_id, [index])[index],
             neighbours=self.neighbours(sae_id, [index])[index],
+            explanations=self.explanations(sae_id, [index])[index],
         )
 
     def list_features(
@@ -245,11 +268,16 @@ class IndexReader:
         min_density: float | None = None,
         max_density: float | None = None,
         top_token: str | None = None,
+        has_explanation: bool | None = None,
     ) -> FeaturePage:
         """A filtered, ordered page of features (ties broken by index)."""
         if order_by not in ORDER_COLUMNS:
             raise SaedexError(f"cannot order features by {order_by!r}")
         where, params = ["f.sae_id = ?"], [sae_id]
+        if has_explanation is not None:  # the explained set comes from the user-edit store
+            negate = "" if has_explanation else "NOT "
+            where.append(f"{negate}list_contains(?, f.feature)")
+            params.append(self.explained_features(sae_id))
         if min_density is not None:
             where.append("f.density >= ?")
             params.append(min_density)
@@ -277,6 +305,53 @@ class IndexReader:
             return FeaturePage([], total)
         summaries = self.summaries(sae_id, [r[0] for r in rows])
         return FeaturePage([summaries[r[0]] for r in rows], rows[0][1])
+
+    # -- explanations (the user-edit store beside the index: saedex.store.edits) ---------------
+
+    def edits(self, create: bool = False) -> EditStore | None:
+        """The index's user-edit store; None while it does not exist, unless `create`."""
+        with self._lock:
+            if self._edits is None and (create or self.edits_path.exists()):
+                self._edits = EditStore(self.edits_path)
+            return self._edits
+
+    def fingerprint(self, sae_id: str) -> str | None:
+        """The SAE's weights fingerprint, which explanations are tied to."""
+        info = self.sae(sae_id)
+        return None if info is None else sae_fingerprint(info)
+
+    def explanations(self, sae_id: str, indices: list[int]) -> dict[int, list[Explanation]]:
+        """Each feature's explanations, current ones first (`current` False: made for other
+        weights of this SAE id)."""
+        store = self.edits()
+        if store is None:
+            return {i: [] for i in indices}
+        return store.for_features(sae_id, indices, self.fingerprint(sae_id))
+
+    def search_explanations(self, sae_id: str, query: str, limit: int = 20) -> list:
+        """Features whose current explanations contain `query` (saedex.store.edits.search)."""
+        store = self.edits()
+        return [] if store is None else store.search(sae_id, query, self.fingerprint(sae_id), limit)
+
+    def explained_features(self, sae_id: str) -> list[int]:
+        store = self.edits()
+        return [] if store is None else store.explained_features(sae_id, self.fingerprint(sae_id))
+
+    def inactive_examples(self, sae_id: str, feature: int, n: int, seed: int = 0) -> list[Example]:
+        """Up to `n` contexts (a seeded pseudo-random choice) where the feature is zero on
+        every token: the negatives that explanation scorers show beside its examples."""
+        rows = self._rows(
+            "SELECT c.context_id FROM contexts c WHERE c.sae_id = ? AND c.context_id NOT IN "
+            "(SELECT context_id FROM activations WHERE sae_id = ? AND feature = ?) "
+            "ORDER BY hash(c.context_id + ?), c.context_id LIMIT ?",
+            [sae_id, sae_id, feature, seed, n],
+        )
+        contexts = self.contexts(sae_id, [r[0] for r in rows])
+        vocab = self._vocab_for(sae_id)
+        return [
+            Example(c, doc, source, ids, [vocab[t] for t in ids], [0.0] * len(ids), 0.0, 0)
+            for c, (doc, source, ids) in sorted(contexts.items())
+        ]
 
     # -- document windows (saedex.store.documents) ----------------------------------------------
 

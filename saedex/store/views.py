@@ -73,6 +73,7 @@ class IndexView:
 
     def _attach(self, path: Path, alias: str) -> None:
         """Attach read-only, upgrading first a file an earlier saedex wrote."""
+        open_db(path, read_only=True).close()  # damaged, locked or foreign: one clear line
         for _ in range(2):
             try:
                 self.con.execute(f"ATTACH '{_quote(path)}' AS {alias} (READ_ONLY)")

@@ -1,0 +1,1 @@
+"""Explanations of features: import/export (transfer), generation (explainer), scoring (scorers)."""
