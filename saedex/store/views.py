@@ -17,7 +17,7 @@ import duckdb
 
 from saedex.errors import SaedexError
 from saedex.store.catalog import Catalog
-from saedex.store.connection import lock_error, open_db
+from saedex.store.connection import failure, open_db
 from saedex.store.schema import SCHEMA_VERSION, TABLES, check_version, ensure_schema
 
 POLL_S = 0.5
@@ -77,10 +77,8 @@ class IndexView:
         for _ in range(2):
             try:
                 self.con.execute(f"ATTACH '{_quote(path)}' AS {alias} (READ_ONLY)")
-            except duckdb.IOException as exc:
-                raise lock_error(path, exc) from None
             except duckdb.Error as exc:
-                raise SaedexError(f"cannot open index {path}: {str(exc).splitlines()[0]}") from exc
+                raise SaedexError(failure(path, exc)) from None
             version = check_version(self.con, path, f"{alias}.")
             if version is None or version == SCHEMA_VERSION:
                 self._attached[path] = alias
