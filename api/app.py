@@ -7,6 +7,9 @@ engine. Nothing is module-global, so tests can run several apps side by side.
 
 from __future__ import annotations
 
+import base64
+import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,19 +111,58 @@ def serve(
     threads: int | None = None,
     ready: Callable[[str], object] | None = None,
 ) -> None:
-    """Open the index read-only and serve it with uvicorn until interrupted. `ready` hears
-    where, once the index opened (a file that cannot be opened is one error, no banner)."""
+    """Open the index read-only and serve it with uvicorn until interrupted; with
+    `config.workers` > 1, as that many processes (replicas), each with its own reader. `ready`
+    hears where, once the index opened (a file that cannot be opened is one error, no banner)."""
     import uvicorn
 
     configure_access_log()
+    if config.workers > 1:
+        spec = (str(db), config, threads)
+        os.environ[_REPLICA_ENV] = base64.b64encode(pickle.dumps(spec)).decode()
+        with IndexReader(db):  # a bad index fails here, once, with its one-line error
+            pass
+        if ready is not None:
+            ready(_banner(db, config))
+        uvicorn.run(
+            "saedex.api.app:replica_app",
+            factory=True,
+            workers=config.workers,
+            host=config.host,
+            port=config.port,
+            access_log=False,
+            log_level="info",
+        )
+        return
     with IndexReader(db) as reader:
         engine = InferenceEngine(
             config.device, threads=threads, config=config, process=config.inference_process
         )
         app = create_app(reader, config, engine)
         if ready is not None:
-            ready(f"serving {db} on http://{config.host}:{config.port}/graphql (REST: /api/)")
+            ready(_banner(db, config))
         try:
             uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="info")
         finally:
             engine.close()
+
+
+def _banner(db: Path, config: ServeConfig) -> str:
+    return f"serving {db} on http://{config.host}:{config.port}/graphql (REST: /api/)"
+
+
+# -- replicas (saedex serve --workers N) --
+
+_REPLICA_ENV = "SAEDEX_REPLICA"
+
+
+def replica_app() -> Starlette:
+    """One replica's app: uvicorn runs this factory in each worker process, which opens the
+    store read-only for itself (the spec comes from `serve` through the environment)."""
+    db, config, threads = pickle.loads(base64.b64decode(os.environ[_REPLICA_ENV]))
+    configure_access_log()
+    reader = IndexReader(db)
+    engine = InferenceEngine(
+        config.device, threads=threads, config=config, process=config.inference_process
+    )
+    return create_app(reader, config, engine)

@@ -15,25 +15,29 @@ from saedex.store import IndexReader
 
 @dataclass
 class ApiState:
-    """Shared by every request; built once by create_app. The index is read-only, so the SAE
-    rows are read once here, and the contexts examples show are cached up front. Each query
-    runs on one DuckDB thread: requests, not queries, are what run in parallel."""
+    """Shared by every request; built once by create_app. The contexts examples show are
+    cached up front. Each query runs on one DuckDB thread: requests, not queries, are what run
+    in parallel."""
 
     reader: IndexReader
     config: ServeConfig
     inference: InferenceEngine | None = None
-    saes: dict[str, SaeInfo] = field(default_factory=dict)
     api_key: str | None = field(default=None, repr=False)  # for edits; None: editing is off
+
+    @property
+    def saes(self) -> dict[str, SaeInfo]:
+        """The complete runs, as the reader sees them now (runs indexed while the server
+        runs appear without a restart; the reader caches the rows until the catalog changes)."""
+        return self.reader.sae_map()
 
     @classmethod
     def load(
         cls, reader: IndexReader, config: ServeConfig, inference: InferenceEngine | None
     ) -> ApiState:
         reader.set_threads(1)
-        saes = {info.id: info for info in reader.saes()}
-        for sae_id in saes:
+        for sae_id in reader.sae_map():
             reader.warm_contexts(sae_id)
-        return cls(reader, config, inference, saes, load_api_key(config))
+        return cls(reader, config, inference, load_api_key(config))
 
     def sae(self, sae_id: str) -> SaeInfo:
         info = self.saes.get(sae_id)

@@ -39,6 +39,7 @@ import torch
 from saedex.api.schema import encode_cursor
 from saedex.config import ServeConfig
 from saedex.store import IndexReader
+from saedex.store.views import connect
 
 FEATURE_QUERY = """query ($sae: ID!, $index: Int!) { feature(sae: $sae, index: $index) {
   topExamples(first: 20) {
@@ -99,7 +100,7 @@ def describe(reader: IndexReader, sae_id: str) -> str:
 
 def live_features(db: Path, sae_id: str, n: int, seed: int) -> list[int]:
     """n random features that have examples."""
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # all runs of the store, under the table names
     rows = con.execute(
         "SELECT feature FROM features WHERE sae_id = ? AND n_active > 0 ORDER BY feature",
         [sae_id],
@@ -147,7 +148,7 @@ async def latency(reader: IndexReader, db: Path, sae_id: str, args) -> None:
     from saedex.api.app import create_app
 
     app = create_app(reader, ServeConfig(inference=False))
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # all runs of the store, under the table names
     features = live_features(db, sae_id, args.warmup + args.requests, args.seed)
     api_ms, raw_ms = [], []
     transport = httpx.ASGITransport(app=app)
@@ -309,7 +310,7 @@ async def worker(client: httpx.AsyncClient, mix, deadline: float):
 
 def text_of(db: Path, sae_id: str, reader: IndexReader, n_tokens: int, offset: int = 7) -> str:
     """n_tokens of real text from the index (a context's tokens after BOS), decoded."""
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # all runs of the store, under the table names
     ids = con.execute(
         "SELECT token_ids FROM contexts WHERE sae_id = ? AND len(token_ids) > ? "
         "ORDER BY context_id LIMIT 1 OFFSET ?",
@@ -389,6 +390,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live-share", type=float, default=0.05, help="activeFeatures share of load")
     p.add_argument("--steer-share", type=float, default=0.0, help="steer share of load")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(  # replicas (store): bench/replica_bench.py
+        "--replicas", type=int, nargs="*", default=[], help="also: throughput with N workers"
+    )
     return p.parse_args(argv)
 
 
@@ -403,6 +407,10 @@ async def main(args: argparse.Namespace) -> None:
             await load(reader, args.db, sae_id, args)
         if args.live > 0:
             await live(reader, args.db, sae_id, args)
+    if args.replicas:  # replicas (store)
+        from replica_bench import report
+
+        await report(args.db, sae_id, args)
 
 
 if __name__ == "__main__":

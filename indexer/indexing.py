@@ -38,6 +38,8 @@ from saedex.indexer.pretokenized import corpus_contexts
 from saedex.indexer.sae import SparseAutoencoder, check_indexable, load_sae, resolve_sae
 from saedex.progress import progress_bar
 from saedex.store import IndexReader, IndexWriter
+from saedex.store.catalog import Catalog
+from saedex.store.layout import compact, locate_run, prepare_base, read_run_state
 from saedex.store.writer import STATUS_COMPLETE, STATUS_RUNNING, Batch
 
 log = logging.getLogger("saedex.index")
@@ -73,17 +75,27 @@ def run_index(job: IndexJob, progress: bool = True, model: LoadedModel | None = 
     _check_model_fits(job.model, sae, job.config.context_size)
     sae_id = job.sae_id or default_sae_id(sae_dir)
     made_of = run_provenance(job, sae_dir, corpus_path)
-    with IndexWriter(job.db) as writer:
-        state = writer.run_state(sae_id)
-        if state is not None and job.overwrite:
-            writer.delete_run(sae_id)
-            state = None
-        if state is not None:
-            _check_same_run(job, sae_id, state, made_of)
-        if state is None or state.status != STATUS_COMPLETE:
-            model = model or load_model(job.model, job.device, job.dtype, progress)
-            run = _run_row(job, model, sae, sae_dir, sae_id, corpus_path) | made_of
-            _run(job, writer, model, sae, run, corpus_path, state, progress)
+    prepare_base(job.db)
+    where, state = locate_run(job.db, sae_id)
+    if state is not None and job.overwrite:
+        where, state = None, None
+    if state is not None:
+        _check_same_run(job, sae_id, state, made_of)
+    catalog = Catalog(job.db)
+    if state is None or state.status != STATUS_COMPLETE:
+        where = where if state is not None else catalog.begin(sae_id)
+        model = model or load_model(job.model, job.device, job.dtype, progress)
+        run = _run_row(job, model, sae, sae_dir, sae_id, corpus_path) | made_of
+        try:
+            with IndexWriter(where) as writer:
+                _run(job, writer, model, sae, run, corpus_path, state, progress)
+        except SaedexError:
+            if where != job.db and read_run_state(where, sae_id) is None:
+                catalog.abandon(sae_id)  # nothing worth resuming
+            raise
+    if where is not None and where == catalog.pending(sae_id):
+        compact(where)  # complete: compacted once, then immutable
+        catalog.publish(sae_id)
     with IndexReader(job.db) as reader:
         return reader.sae(sae_id)
 

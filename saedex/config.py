@@ -106,10 +106,11 @@ class IndexConfig:
         return asdict(self)
 
     def differs_from(self, stored: dict) -> list[str]:
-        """Names of the settings that differ from a stored run's (ignoring ones safe to change)."""
+        """Names of the settings that differ from a stored run's (ignoring ones safe to change;
+        a setting the stored run predates counts as its default)."""
         safe = {"batch_size", "commit_interval_s"}
-        mine = self.to_dict()
-        return sorted(k for k in mine if k not in safe and stored.get(k) != mine[k])
+        mine, default = self.to_dict(), IndexConfig().to_dict()
+        return sorted(k for k in mine if k not in safe and stored.get(k, default[k]) != mine[k])
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,10 @@ class ServeConfig:
         None,
         "File holding the API key that explanation edits need (Authorization: Bearer <key>); "
         "else the SAEDEX_API_KEY environment variable; neither: edits off.",
+    )
+    # -- replicas (store) --
+    workers: int = setting(
+        1, "Server processes (replicas) over the same store, each read-only.", min=1
     )
 
 

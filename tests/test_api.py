@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import jsonschema
 import pytest
@@ -23,6 +22,7 @@ from saedex.api.inference import InferenceEngine
 from saedex.config import IndexConfig, ServeConfig
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
+from saedex.store.views import connect
 from tests.conftest import API_SAE as SAE
 from tests.conftest import build_tiny_sae
 
@@ -354,7 +354,7 @@ def _document(corpus: Path, doc_id: str) -> str:
 def _index_activations(db: Path, doc_id: str) -> tuple[dict, set]:
     """The index's own activations for a document: {(text position, feature): value}, and
     its excluded text positions (BOS dropped, contexts laid end to end)."""
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # every run of the index, as readers see them
     rows = con.execute(
         "SELECT c.token_start + a.position - 1, a.feature, a.value FROM activations a "
         "JOIN contexts c USING (sae_id, context_id) JOIN documents d USING (sae_id, doc_index) "

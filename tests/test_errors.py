@@ -178,7 +178,7 @@ def test_index_of_another_schema_version(good):
     con = duckdb.connect(str(old))
     con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")  # a newer saedex
     con.close()
-    before = dump(old)
+    before = old.read_bytes()
     result = run_cli(
         "--model", str(tiny_model), "--sae", str(sae), "--corpus", str(tiny_corpus),
         "--db", str(old), "--sae-id", "other",
@@ -186,7 +186,7 @@ def test_index_of_another_schema_version(good):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "index schema version 99 is not supported" in lines[0]
-    assert dump(old) == before
+    assert old.read_bytes() == before
     with pytest.raises(SaedexError, match="schema version 99 is not supported"):
         IndexReader(old)
 

@@ -28,7 +28,7 @@ from tests.data.make_schema2 import SETTINGS, write_inputs
 DATA = Path(__file__).parent / "data"
 # What differs between two runs of the same inputs, or was not recorded before schema 3.
 NOT_COMPARED = {
-    "model_name", "sae_path", "corpus", "started_at", "finished_at", "duration_s", "model_fingerprint",
+    "sae_id", "model_name", "sae_path", "corpus", "started_at", "finished_at", "duration_s", "model_fingerprint",
     "sae_weights_sha256", "sae_cfg_sha256", "corpus_fingerprint", "saedex_version", "dtype",
     "device",
 }  # fmt: skip
@@ -63,11 +63,17 @@ def rounded(value):
 
 
 def records(path: Path) -> dict:
-    """Every record the API and the site read from the index."""
+    """Every record the API and the site read from the index (of its only SAE)."""
     with IndexReader(path) as reader:
         (info,) = reader.saes()
-        features = [reader.feature(info.id, i) for i in range(info.d_sae)]
-        page = reader.list_features(info.id, "density", True, limit=64)
+    return records_of(path, info.id)
+
+
+def records_of(path: Path, sae_id: str) -> dict:
+    with IndexReader(path) as reader:
+        info = reader.sae(sae_id)
+        features = [reader.feature(sae_id, i) for i in range(info.d_sae)]
+        page = reader.list_features(sae_id, "density", True, limit=64)
         return rounded({"sae": info, "features": features, "page": page})
 
 
@@ -148,3 +154,22 @@ def test_kill_at_any_time_leaves_old_or_new(delay, fresh, tmp_path):
     proc.wait()
     assert version_of(path) in (1, SCHEMA_VERSION)
     assert records(path) == fresh
+
+
+def test_new_runs_join_an_upgraded_single_file_index(fresh, tmp_path):
+    """A schema-2 file becomes the base of the layout: its run stays readable as it was, a new
+    run gets a file of its own, and --overwrite of the old run replaces it in every view."""
+    path = unpack(2, tmp_path)
+    model, sae, corpus = write_inputs(tmp_path / "inputs")
+    job = IndexJob(str(model), str(sae), str(corpus), path, sae_id="again", config=SETTINGS)
+    run_index(job, False)
+    with IndexReader(path) as reader:
+        assert sorted(reader.sae_map()) == ["again", "tiny-sae"]
+    assert records_of(path, "tiny-sae") == fresh
+    again = records_of(path, "again")
+    assert (again["features"], again["page"]) == (fresh["features"], fresh["page"])
+    replace = IndexJob(str(model), str(sae), str(corpus), path, overwrite=True, config=SETTINGS)
+    assert run_index(replace, False).sae_weights_sha256 is not None
+    with IndexReader(path) as reader:
+        assert [s.id for s in reader.saes()] == ["again", "tiny-sae"]
+    assert records_of(path, "tiny-sae") == fresh

@@ -13,8 +13,6 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-import duckdb
-
 from saedex.data import (
     DocumentWindow,
     Example,
@@ -31,10 +29,9 @@ from saedex.data import (
 from saedex.errors import SaedexError
 from saedex.fingerprint import sae_fingerprint
 from saedex.store import documents
-from saedex.store.connection import open_db
 from saedex.store.deadline import interruptible
 from saedex.store.edits import EditStore, edits_path
-from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
+from saedex.store.views import IndexView
 from saedex.weights import feature_vectors, indexed_weights
 
 ORDER_COLUMNS = {"index": "feature", "density": "density", "max_activation": "max_activation"}
@@ -52,15 +49,15 @@ class IndexReader:
     """A read-only view of an index file."""
 
     def __init__(self, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            raise SaedexError(f"index file not found: {path}")
-        self._con = _open_current(path)
+        self._view = IndexView(Path(path))
+        self._con = self._view.con
+        self._generation = self._view.generation
         self._vocab: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # vocab() queries (and so refreshes) while holding it
         self._model_names: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, int], tuple[str, str, array]] = OrderedDict()
-        self.edits_path = edits_path(path)
+        self._saes: dict[str, SaeInfo] | None = None
+        self.edits_path = edits_path(Path(path))
         self._edits: EditStore | None = None
 
     def close(self) -> None:
@@ -74,7 +71,21 @@ class IndexReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def refresh(self) -> bool:
+        """See runs completed since the last look (polled at most every 0.5 s, also before
+        every query); True if there were any. A run being written is never visible."""
+        if not self._view.refresh():
+            return False
+        with self._lock:
+            self._saes = None
+            for key in [k for k in self._contexts if k[0] in self._view.changed]:
+                del self._contexts[key]  # a replaced run's contexts
+            for sae_id in self._view.changed:
+                self._model_names.pop(sae_id, None)
+        return True
+
     def _rows(self, sql: str, params: list | dict | None = None) -> list[tuple]:
+        self.refresh()
         cur = self._con.cursor()
         try:
             with interruptible(cur):  # a request's deadline (store/deadline.py) can stop it
@@ -85,11 +96,19 @@ class IndexReader:
     # -- SAEs ----------------------------------------------------------------------------------
 
     def saes(self) -> list[SaeInfo]:
-        return [_sae(r) for r in self._rows(f"SELECT {_SAE_COLUMNS} FROM saes ORDER BY sae_id")]
+        return list(self.sae_map().values())
 
     def sae(self, sae_id: str) -> SaeInfo | None:
-        rows = self._rows(f"SELECT {_SAE_COLUMNS} FROM saes WHERE sae_id = ?", [sae_id])
-        return _sae(rows[0]) if rows else None
+        return self.sae_map().get(sae_id)
+
+    def sae_map(self) -> dict[str, SaeInfo]:
+        """Every visible SAE by id, read once per change of the index (a server asks often)."""
+        self.refresh()
+        saes = self._saes
+        if saes is None:
+            rows = self._rows(f"SELECT {_SAE_COLUMNS} FROM saes ORDER BY sae_id")
+            saes = self._saes = {r[0]: _sae(r) for r in rows}
+        return saes
 
     def vocab(self, model_name: str) -> list[str]:
         """The model's token strings by id, loaded once per reader."""
@@ -479,25 +498,6 @@ class IndexReader:
             LIMIT $limit
         """
         return self._rows(sql, {"sae": sae_id, "q": query, "limit": limit})
-
-
-def _open_current(path: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the file, upgraded first if an earlier saedex wrote it."""
-    con = open_db(path, read_only=True)
-    try:
-        version = check_version(con, path)
-    except SaedexError:
-        con.close()
-        raise
-    if version is None or version == SCHEMA_VERSION:
-        return con
-    con.close()
-    rw = open_db(path)
-    try:
-        ensure_schema(rw, path)
-    finally:
-        rw.close()
-    return open_db(path, read_only=True)
 
 
 def _sae(row: tuple) -> SaeInfo:
