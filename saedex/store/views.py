@@ -115,6 +115,7 @@ class IndexView:
                 ]
                 union = " UNION ALL BY NAME ".join(parts)
                 self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {union}")
+            self.con.execute("CREATE OR REPLACE VIEW meta AS SELECT * FROM base.meta")
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
