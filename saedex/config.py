@@ -343,10 +343,16 @@ class RayConfig:
         min=0,
     )
     max_retries: int = setting(
-        3, "Times Ray reruns a shard whose worker died (it resumes from its last commit).", min=0
+        3,
+        "Times Ray reruns a shard whose worker died (it resumes from its last commit).",
+        min=0,
+        flag="shard-retries",
     )
     local_cpus: int | None = setting(
-        None, "CPUs of the cluster `--ray local` starts (default: this machine's).", min=1
+        None,
+        "CPUs of the cluster `--ray local` starts (default: this machine's).",
+        min=1,
+        flag="ray-local-cpus",
     )
 
     def __post_init__(self) -> None:
