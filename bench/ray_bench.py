@@ -158,13 +158,7 @@ def main() -> None:
 
         load = os.getloadavg()
         started = time.perf_counter()
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            num_cpus=args.workers,
-            include_dashboard=False,
-            logging_level="WARNING",
-        )
+        sharding.start_local_cluster(ray, args.workers)
         results["cluster_start"] = {"seconds": round(time.perf_counter() - started, 1)}
         results["cluster_start"]["load_before"] = load
         merge, finalize = Step("merge"), Step("aggregation")

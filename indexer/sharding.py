@@ -97,6 +97,13 @@ def load_plan(folder: Path, state: RunState, batch_size: int, n_shards: int) -> 
     return _shards(folder, ranges)
 
 
+def _remove_orphans(runs: Path) -> None:
+    """Shard folders whose run file is gone (a run replaced by --overwrite, or abandoned)."""
+    for folder in runs.glob("*.shards"):
+        if not folder.with_name(folder.name.removesuffix(".shards")).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _shards(folder: Path, ranges) -> list[Shard]:
     return [Shard(i, lo, hi, folder / f"shard-{i:05d}.duckdb") for i, (lo, hi) in enumerate(ranges)]
 
@@ -104,6 +111,8 @@ def _shards(folder: Path, ranges) -> list[Shard]:
 def sharded_pass(job, writer: IndexWriter, model, sae, sae_id: str, cfg, state, progress) -> None:
     """The pass of `job` on Ray (same arguments as indexing's own pass, plus the job)."""
     del model, sae  # the driver's copies serve the plan and the logit lens; workers load theirs
+    if state.contexts_done >= state.n_contexts:  # every shard merged: only the aggregation left
+        return
     from saedex.indexer.sae import resolve_sae
 
     run_path = Path(
@@ -111,6 +120,7 @@ def sharded_pass(job, writer: IndexWriter, model, sae, sae_id: str, cfg, state, 
             "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
         ).fetchone()[0]
     )
+    _remove_orphans(run_path.parent)
     with ray_cluster(job.ray) as (ray, slots):
         shards = load_plan(shard_dir(run_path), state, cfg.batch_size, job.ray.shards or 2 * slots)
         todo = [s for s in shards if s.first >= state.contexts_done]
@@ -195,11 +205,26 @@ def ray_cluster(rcfg: RayConfig) -> Iterator[tuple[object, int]]:
             ray.shutdown()
 
 
+def start_local_cluster(ray, cpus: int) -> None:
+    """A Ray cluster of this machine only, its node on loopback (127.0.0.1). Ray resolves
+    127.0.0.1 to the machine's routable address unless told this is no multi-node cluster (the
+    switch it has for laptops), so the switch is set for this process and the ones it starts."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        num_cpus=cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+
+
 def _connect(ray, rcfg: RayConfig) -> None:
-    quiet = dict(include_dashboard=False, logging_level=logging.WARNING)
-    if rcfg.ray == "local":  # this machine only, on loopback
-        cpus = rcfg.local_cpus or os.cpu_count() or 1
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=cpus, **quiet)
+    if rcfg.ray == "local":
+        start_local_cluster(ray, rcfg.local_cpus or os.cpu_count() or 1)
         return
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     try:

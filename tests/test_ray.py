@@ -1,13 +1,16 @@
 """`saedex index --ray`: shards on a local Ray cluster (loopback, 2 workers) merge into the same
 index as a single process, also when a worker is killed mid-shard; partial shards are never
-merged. The driver-kill test is in tests/test_ray_driver.py."""
+merged; a killed driver resumes from the finished shards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +22,8 @@ from saedex import cli
 from saedex.config import IndexConfig, RayConfig
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
-from saedex.indexer.sharding import shard_dir, shard_ranges
-from saedex.store.merge import Shard, create_shard, merge_shard
+from saedex.indexer.sharding import shard_dir, shard_ranges, start_local_cluster
+from saedex.store.merge import Shard, create_shard, is_complete, merge_shard
 from saedex.store.schema import RUN_TABLES
 from saedex.store.views import connect
 from saedex.store.writer import IndexWriter
@@ -88,13 +91,8 @@ def test_a_shard_without_its_completion_marker_is_never_merged(tiny_model, tmp_p
 def cluster():
     """A 2-CPU Ray cluster on loopback for this module; stopped at its end."""
     ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="WARNING",
-    )
+    start_local_cluster(ray, cpus=2)
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield
     ray.shutdown()
 
@@ -107,6 +105,89 @@ def inputs(tiny_model, tmp_path_factory):
     ref = tmp / "reference.duckdb"
     run_index(IndexJob(str(tiny_model), str(sae), str(corpus), ref, "s", config=CONFIG), False)
     return tiny_model, sae, corpus, dump(ref)
+
+
+@pytest.mark.integration
+def test_a_killed_driver_resumes_from_the_finished_shards(inputs, tmp_path):
+    """SIGKILL `saedex index --ray local` once a shard is finished: its cluster goes with it,
+    and the same command finishes the index without redoing that shard (made read-only, it
+    could not be reopened for writing) into the single-process index."""
+    model, sae, corpus, expected = inputs
+    db = tmp_path / "index.duckdb"
+    cmd = [
+        sys.executable, "-m", "saedex.cli", "index", "--model", str(model), "--sae", str(sae),
+        "--corpus", str(corpus), "--db", str(db), "--sae-id", "s", "--context-size", "24",
+        "--batch-size", "2", "--commit-interval", "0", "--sink-norm-multiple", "1.3",
+        "--ray", "local", "--ray-local-cpus", "2", "--shards", "4", "--quiet",
+    ]  # fmt: skip
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cluster = _kill_once_a_shard_is_finished(driver, Path(str(db) + ".runs"))
+    _wait_gone(cluster)
+    shards = sorted(Path(str(db) + ".runs").glob("*.shards/shard-*.duckdb"))
+    finished = [p for p in shards if is_complete("s", Shard(0, 0, _end(p), p))]
+    assert 1 <= len(finished) < 4, finished
+    for path in finished:
+        path.chmod(0o444)
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_same_index(dump(db), expected)
+
+
+def _kill_once_a_shard_is_finished(driver, runs: Path, timeout: float = 900) -> set[int]:
+    """SIGKILL the driver once some shard's WAL, seen while its worker wrote, is gone (the
+    worker closed the finished shard); returns the processes the driver had started."""
+    seen: set[Path] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and driver.poll() is None:
+        wals = set(runs.glob("*.shards/shard-*.duckdb.wal"))
+        if seen - wals:
+            cluster = _descendants(driver.pid)
+            driver.kill()
+            driver.wait()
+            return cluster
+        seen |= wals
+        time.sleep(0.01)
+    driver.kill()
+    pytest.fail(f"no shard finished before the driver ended: {driver.stderr.read()[-2000:]}")
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            parents[int(p)] = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _wait_gone(pids: set[int], timeout: float = 60) -> None:
+    """The killed driver's Ray processes exit on their own (Ray ties them to the driver)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
+        if not alive:
+            return
+        time.sleep(0.2)
+    for p in alive:  # do not leave them running, then fail
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+    pytest.fail(f"Ray processes outlived their killed driver: {sorted(alive)}")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _end(path: Path) -> int:
+    """A shard file's last context + 1 (its plan's range end)."""
+    plan = json.loads((path.parent / "plan.json").read_text())
+    return plan["ranges"][int(path.stem.split("-")[1])][1]
 
 
 @pytest.mark.integration
@@ -171,7 +252,7 @@ def _holder(path: Path) -> int | None:
     return None
 
 
-# -- helpers shared with test_ray_driver -------------------------------------------------------
+# -- helpers --------------------------------------------------------------------------------
 
 
 def _corpus(tmp: Path, n_docs: int) -> Path:
