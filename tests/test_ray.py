@@ -30,6 +30,7 @@ from saedex.store.writer import IndexWriter
 from tests.conftest import build_tiny_sae, make_corpus_docs
 
 TIMING = {"started_at", "finished_at", "duration_s"}
+NOT_INDEXED = {"coactivations"}  # run tables that later commands fill, not `saedex index`
 # Small contexts, batches of 2 and a commit per batch: many shards' worth of batches, and a
 # sink rule that leaves tokens out, so every table has rows.
 CONFIG = IndexConfig(context_size=24, batch_size=2, commit_interval_s=0, sink_norm_multiple=1.3)
@@ -285,7 +286,7 @@ def assert_same_index(got: dict, expected: dict) -> None:
     for table, (cols, rows) in expected.items():
         assert got[table][0] == cols, table
         assert len(got[table][1]) == len(rows), table
-        assert rows, f"{table} is empty: the comparison would prove nothing"
+        assert rows or table in NOT_INDEXED, f"{table} is empty: the comparison proves nothing"
         for g, e in zip(got[table][1], rows, strict=True):
             for (name, kind), a, b in zip(cols, g, e, strict=True):
                 assert _close(a, b, kind), (table, name, a, b)
