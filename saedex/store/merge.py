@@ -21,6 +21,7 @@ the same rows, hence the same index.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,7 @@ def create_shard(writer: IndexWriter, sae_id: str, shard: Shard) -> None:
         stale.unlink(missing_ok=True)
     IndexWriter(tmp).close()  # the schema
     con = writer.con
-    con.execute(f"ATTACH '{_quote(tmp)}' AS shard")
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with _shard_attached(con, tmp):
         con.execute(
             "INSERT INTO shard.saes SELECT * REPLACE (? AS status, ? AS contexts_done, "
             "0 AS n_tokens, 0 AS n_excluded_tokens, 0.0 AS duration_s) "
@@ -67,12 +66,6 @@ def create_shard(writer: IndexWriter, sae_id: str, shard: Shard) -> None:
             "WHERE sae_id = ? AND context_id >= ? AND context_id < ? ORDER BY context_id",
             [sae_id, shard.first, shard.end],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.execute("DETACH shard")
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, shard.path)
@@ -110,9 +103,7 @@ def merge_shard(writer: IndexWriter, sae_id: str, shard: Shard) -> None:
             f"{state.contexts_done}: not merged"
         )
     con = writer.con
-    con.execute(f"ATTACH '{_quote(shard.path)}' AS shard (READ_ONLY)")
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with _shard_attached(con, shard.path, read_only=True):
         for table in SHARD_TABLES:
             con.execute(
                 f"INSERT INTO {table} BY NAME SELECT * FROM shard.{table} WHERE sae_id = ?",
@@ -126,9 +117,20 @@ def merge_shard(writer: IndexWriter, sae_id: str, shard: Shard) -> None:
             "FROM shard.saes s WHERE saes.sae_id = ? AND s.sae_id = saes.sae_id",
             [sae_id],
         )
+
+
+@contextmanager
+def _shard_attached(con: duckdb.DuckDBPyConnection, path: Path, read_only: bool = False):
+    """`path` attached as `shard` for one transaction of the connection (rolled back on any
+    error), then detached."""
+    con.execute(f"ATTACH '{_quote(path)}' AS shard{' (READ_ONLY)' if read_only else ''}")
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
         con.execute("DETACH shard")
