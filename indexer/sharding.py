@@ -31,6 +31,7 @@ from pathlib import Path
 from saedex.config import IndexConfig, RayConfig
 from saedex.errors import SaedexError
 from saedex.progress import progress_bar
+from saedex.store.catalog import _remove as remove_file
 from saedex.store.merge import Shard, create_shard, is_complete, mark_complete, merge_shard
 from saedex.store.writer import STATUS_COMPLETE, IndexWriter, RunState
 
@@ -150,6 +151,7 @@ def _run_shards(ray, rcfg: RayConfig, writer: IndexWriter, tasks: list[ShardTask
         while True:
             while merged < len(tasks) and tasks[merged].shard.index in finished:
                 merge_shard(writer, tasks[merged].sae_id, tasks[merged].shard)
+                remove_file(tasks[merged].shard.path)  # merged: the run file holds its rows
                 merged += 1
             if merged == len(tasks):
                 return
