@@ -31,6 +31,7 @@ from pathlib import Path
 from saedex.config import IndexConfig, RayConfig
 from saedex.errors import SaedexError
 from saedex.progress import progress_bar
+from saedex.store.catalog import Catalog
 from saedex.store.catalog import _remove as remove_file
 from saedex.store.merge import Shard, create_shard, is_complete, mark_complete, merge_shard
 from saedex.store.writer import STATUS_COMPLETE, IndexWriter, RunState
@@ -98,10 +99,13 @@ def load_plan(folder: Path, state: RunState, batch_size: int, n_shards: int) -> 
     return _shards(folder, ranges)
 
 
-def _remove_orphans(runs: Path) -> None:
-    """Shard folders whose run file is gone (a run replaced by --overwrite, or abandoned)."""
-    for folder in runs.glob("*.shards"):
-        if not folder.with_name(folder.name.removesuffix(".shards")).exists():
+def _remove_orphans(db: Path) -> None:
+    """Shard folders of runs no longer in progress (replaced by --overwrite, abandoned, or
+    finished without --ray)."""
+    catalog = Catalog(db)
+    pending = {files.pending for files in catalog.runs().values() if files.pending}
+    for folder in catalog.dir.glob("*.shards"):
+        if folder.name.removesuffix(".shards") not in pending:
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -121,7 +125,7 @@ def sharded_pass(job, writer: IndexWriter, model, sae, sae_id: str, cfg, state, 
             "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
         ).fetchone()[0]
     )
-    _remove_orphans(run_path.parent)
+    _remove_orphans(job.db)
     with ray_cluster(job.ray) as (ray, slots):
         shards = load_plan(shard_dir(run_path), state, cfg.batch_size, job.ray.shards or 2 * slots)
         todo = [s for s in shards if s.first >= state.contexts_done]
