@@ -8,6 +8,7 @@ neighbours). Killing it at any point and running the same command again finishes
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -18,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from saedex import provenance
-from saedex.config import IndexConfig
+from saedex.config import IndexConfig, RayConfig
 from saedex.data import SaeInfo
 from saedex.errors import SaedexError
 from saedex.indexer.corpus import CorpusStats, resolve_corpus
@@ -58,6 +59,7 @@ class IndexJob:
     dtype: str | None = None
     overwrite: bool = False
     config: IndexConfig = field(default_factory=IndexConfig)
+    ray: RayConfig | None = None  # the pass's shards on Ray (saedex.indexer.sharding)
 
 
 def default_sae_id(sae_dir: Path) -> str:
@@ -186,7 +188,12 @@ def _run(job, writer, model, sae, run: dict, corpus_path, state, progress) -> No
     if state is None or state.status != STATUS_RUNNING:
         _plan(job, writer, model, run, corpus_path, progress)
         state = writer.run_state(sae_id)
-    _pass(writer, model, sae, sae_id, cfg, state, progress)
+    run_pass = _pass
+    if job.ray is not None:  # shards on Ray workers, merged into this run file
+        from saedex.indexer.sharding import sharded_pass
+
+        run_pass = functools.partial(sharded_pass, job)
+    run_pass(writer, model, sae, sae_id, cfg, state, progress)
     started = time.perf_counter()
     unembed = folded_unembed(model.bridge)
     logits, logit_hist = logit_lens(

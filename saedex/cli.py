@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saedex.config import IndexConfig, ServeConfig, SiteConfig, TrainConfig
+from saedex.config import IndexConfig, RayConfig, ServeConfig, SiteConfig, TrainConfig
 from saedex.errors import SaedexError
 from saedex.options import config_options
 
@@ -62,10 +62,12 @@ def user_errors(fn):
 
 @app.command()
 @user_errors
+@config_options("ray_config", RayConfig)  # --ray, --shards, ...: the pass on Ray (owner: ray)
 @config_options("config", IndexConfig)
 def index(
     db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
     config: IndexConfig,
+    ray_config: RayConfig,
     model: Model = "default",
     sae: Annotated[
         str, typer.Option(help='"default" or an SAE directory in SAELens format.')
@@ -84,12 +86,16 @@ def index(
 ):
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
-    Resumable: if interrupted, run the same command again.
+    Resumable: if interrupted, run the same command again. With --ray, the pass runs as shards
+    on a Ray cluster and is merged into the same index a single process makes.
     """
     from saedex.indexer.indexing import IndexJob, run_index
     from saedex.memory import keep_freed_memory
 
-    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, config)
+    if ray_config.ray is None and ray_config != RayConfig():
+        raise SaedexError("--shards and the other shard options need --ray")
+    ray = ray_config if ray_config.ray is not None else None
+    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, config, ray)
     keep_freed_memory()
     info = run_index(job, progress=not quiet)
     console.print(
