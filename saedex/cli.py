@@ -68,12 +68,19 @@ def index(
     config: IndexConfig,
     model: Model = "default",
     sae: Annotated[
-        str, typer.Option(help='"default" or an SAE directory in SAELens format.')
-    ] = "default",
+        list[str] | None,
+        typer.Option(
+            help='"default", a shipped width (default-1152, default-9216) or an SAE directory '
+            "in SAELens format. Repeat it to index several SAEs of the model in one pass."
+        ),
+    ] = None,
     corpus: Corpus = "default",
     sae_id: Annotated[
-        str | None,
-        typer.Option(help="Name of this index in the file (default: the SAE directory's name)."),
+        list[str] | None,
+        typer.Option(
+            help="Name of each index in the file, one per --sae (default: the SAE directory's "
+            "name)."
+        ),
     ] = None,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
@@ -84,18 +91,27 @@ def index(
 ):
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
+    Several --sae of one model share the pass: the model runs once, to the deepest hook.
     Resumable: if interrupted, run the same command again.
     """
-    from saedex.indexer.indexing import IndexJob, run_index
+    from saedex.indexer.indexing import IndexJob, run_indexes
     from saedex.memory import keep_freed_memory
 
-    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, config)
+    saes = sae or ["default"]
+    if sae_id and len(sae_id) != len(saes):
+        raise SaedexError(f"{len(sae_id)} --sae-id for {len(saes)} --sae: give one per --sae")
+    ids = sae_id or [None] * len(saes)
+    jobs = [
+        IndexJob(model, one, corpus, db, name, device, dtype, overwrite, config)
+        for one, name in zip(saes, ids, strict=True)
+    ]
     keep_freed_memory()
-    info = run_index(job, progress=not quiet)
-    console.print(
-        f"indexed [bold]{info.id}[/]: {info.n_tokens:,} tokens, {info.n_contexts:,} contexts, "
-        f"{info.d_sae:,} features ({info.dead_features:,} dead) in {info.duration_s:.1f}s -> {db}"
-    )
+    for info in run_indexes(jobs, progress=not quiet):
+        console.print(
+            f"indexed [bold]{info.id}[/]: {info.n_tokens:,} tokens, {info.n_contexts:,} "
+            f"contexts, {info.d_sae:,} features ({info.dead_features:,} dead) in "
+            f"{info.duration_s:.1f}s -> {db}"
+        )
 
 
 @app.command()
