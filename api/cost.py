@@ -122,6 +122,10 @@ BOUNDS: dict[str, Bound] = {
     "SteerStep.lowered": lambda s, a: a.get("nShifts", SHIFTS),
     "Ablation.raised": lambda s, a: a.get("nShifts", SHIFTS),
     "Ablation.lowered": lambda s, a: a.get("nShifts", SHIFTS),
+    # feature splitting (issue 17): matches are paged by `first`; a family has a parent per SAE
+    "Feature.matches": lambda s, a: 10,
+    "FeatureFamily.parents": lambda s, a: s.saes,
+    "FeatureFamily.children": lambda s, a: s.max_page_size,
 }
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saedex.config import IndexConfig, ServeConfig, SiteConfig, TrainConfig
+from saedex.config import IndexConfig, MatchConfig, ServeConfig, SiteConfig, TrainConfig
 from saedex.errors import SaedexError
 from saedex.options import config_options
 
@@ -692,6 +692,38 @@ def score(
         (out / "scores.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
         (out / "scores.svg").write_text(histogram_svg(rows))
         console.print(f"wrote {out / 'scores.json'} and {out / 'scores.svg'}")
+
+
+# -- match (issue 17: feature splitting across widths; saedex.matching, docs/splitting.md) --
+
+
+@app.command()
+@user_errors
+@config_options("config", MatchConfig)
+def match(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[
+        list[str],
+        typer.Option(help="An indexed SAE id; give two or more (every pair is matched)."),
+    ],
+    config: MatchConfig,
+):
+    """Relate SAEs of several widths on one hook: each feature's best matches in the others
+    (decoder cosine, activation correlation over the whole corpus) and parents / children."""
+    from itertools import combinations
+
+    from saedex.matching import match_and_store
+
+    saes = list(dict.fromkeys(sae))
+    if len(saes) < 2:
+        raise SaedexError("give at least two different --sae to match")
+    for a, b in combinations(saes, 2):
+        done = match_and_store(db, a, b, config)
+        console.print(
+            f"matched [bold]{done.narrow}[/] x [bold]{done.wide}[/] in {done.seconds:.1f}s: "
+            f"{done.with_parent:.1%} of live wide features have a parent, {done.clear:.1%} a "
+            f"clear one; {done.rows:,} rows -> {db}"
+        )
 
 
 def main() -> None:
