@@ -46,6 +46,7 @@ from strawberry.extensions import AddValidationRules
 from saedex.config import IndexConfig, ServeConfig
 from saedex.data import SaeInfo
 from saedex.steering import SteerRequest
+from saedex.store.matches import MAX_CHILDREN
 
 NODE_LIMIT = "MAX_NODE_LIMIT_EXCEEDED"
 
@@ -125,7 +126,7 @@ BOUNDS: dict[str, Bound] = {
     # feature splitting (issue 17): matches are paged by `first`; a family has a parent per SAE
     "Feature.matches": lambda s, a: 10,
     "FeatureFamily.parents": lambda s, a: s.saes,
-    "FeatureFamily.children": lambda s, a: s.max_page_size,
+    "FeatureFamily.children": lambda s, a: MAX_CHILDREN,
 }
 
 

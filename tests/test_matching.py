@@ -145,3 +145,75 @@ def test_matching_refuses_unrelated_saes(planted, tiny_model, tiny_sae, tiny_cor
                           config=other)], False)  # fmt: skip
     with pytest.raises(SaedexError, match="differ in|different settings"):
         read_sides(db, "narrow", "o")
+
+
+def test_match_command_stores_rows_that_reader_and_graphql_read(planted, engine):
+    """`saedex match` publishes the rows; IndexReader and GraphQL read what matching computed."""
+    from starlette.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from saedex.api.app import create_app
+    from saedex.cli import app
+    from saedex.config import ServeConfig
+    from saedex.store import IndexReader
+
+    db, parents = planted
+    got = CliRunner().invoke(app, ["match", "--db", str(db), "--sae", "narrow", "--sae", "wide"])
+    assert got.exit_code == 0, got.output
+    assert "have a parent" in got.output
+    result = match(*read_sides(db, "narrow", "wide"))
+    f = next(iter(SPLIT))
+    kids = sorted(np.flatnonzero(parents == f).tolist())
+    with IndexReader(db) as reader:
+        stored = reader.matches("narrow", [f], "wide")[f]
+        expected = [r for r in result.rows if (r.sae_id, r.feature) == ("narrow", f)]
+        assert {(m.index, m.relation) for m in stored} == {
+            (r.other_feature, r.relation) for r in expected
+        }
+        assert [m.correlation for m in stored] == sorted(
+            (m.correlation for m in stored), reverse=True
+        )
+        family = reader.families("narrow", [f])[f]
+        assert sorted(m.index for m in family.children) == kids
+        assert family.cover == [pytest.approx(1.0)]
+        child = reader.families("wide", [kids[0]])[kids[0]]
+        assert [(m.sae_id, m.index, m.relation) for m in child.parents] == [("narrow", f, PARENT)]
+        query = (
+            'query($i: Int!) { feature(sae: "wide", index: $i) { matches(sae: "narrow", '
+            "first: 2) { index correlation cosine relation clear feature { index } } "
+            "family { parents { saeId index } children { index } cover } } }"
+        )
+        with TestClient(create_app(reader, ServeConfig(), engine)) as client:
+            body = client.post("/graphql", json={"query": query, "variables": {"i": kids[0]}})
+    feature = body.json()["data"]["feature"]
+    assert feature["family"]["parents"] == [{"saeId": "narrow", "index": f}]
+    assert len(feature["matches"]) <= 2
+    assert feature["matches"][0]["index"] == f and feature["matches"][0]["relation"] == PARENT
+    again = CliRunner().invoke(app, ["match", "--db", str(db), "--sae", "narrow"])
+    assert again.exit_code == 2 and "at least two" in again.output
+
+
+def test_site_feature_pages_link_parents_and_children(planted, tmp_path):
+    """After `saedex match`, each feature's dashboard data (`mt`) lists its family, by key."""
+    import json
+
+    from saedex.config import SiteConfig
+    from saedex.matching import match_and_store
+    from saedex.site.export import SiteJob, export_site
+
+    db, parents = planted
+    match_and_store(db, "narrow", "wide")
+    export_site(SiteJob(db, ["narrow", "wide"], tmp_path / "site"), progress=False)
+    f = next(iter(SPLIT))
+    kids = np.flatnonzero(parents == f).tolist()
+
+    def mt(sae: str, index: int) -> list:
+        """The `mt` entries of a feature, from its block page's script data."""
+        per = SiteConfig().features_per_page
+        block = tmp_path / "site" / "blocks" / sae / f"{index // per}.html"
+        text = block.read_text().split('id="sx-data">')[1].split("</script>")[0]
+        features = json.loads(text)["features"]
+        return next(f["mt"] for f in features if f["i"] == index)
+
+    assert [m[:3] for m in mt("wide", kids[0])] == [["narrow", f, PARENT]]
+    assert sorted(m[1] for m in mt("narrow", f) if m[2] == CHILD) == sorted(kids)

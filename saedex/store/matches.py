@@ -26,6 +26,7 @@ PARENT = "parent"
 CHILD = "child"
 Query = Callable[[str, list], list[tuple]]
 _THRESHOLDS = MatchConfig()  # the documented clear-parent thresholds
+MAX_CHILDREN = 100  # a family lists at most this many children (narrowest SAE, best cover first)
 
 
 def derived_key(narrow: str, wide: str) -> str:
@@ -97,6 +98,7 @@ def families(
         got = found.get(i, {})
         parents = sorted(got.get("parents", []), key=lambda r: width[r[1]])
         children = sorted(got.get("children", []), key=lambda r: (width[r[1]], -r[6], r[2]))
+        children = children[:MAX_CHILDREN]
         covers = {r[1]: r[6] for r in got.get(FAMILY, [])}
         wider = list(dict.fromkeys(r[1] for r in children))
         out[i] = FeatureFamily(
