@@ -156,11 +156,13 @@ def test_match_command_stores_rows_that_reader_and_graphql_read(planted, engine)
     from saedex.cli import app
     from saedex.config import ServeConfig
     from saedex.store import IndexReader
+    from saedex.store.matches import is_matched
 
     db, parents = planted
     got = CliRunner().invoke(app, ["match", "--db", str(db), "--sae", "narrow", "--sae", "wide"])
     assert got.exit_code == 0, got.output
     assert "have a parent" in got.output
+    assert is_matched(db, "narrow", "wide") and not is_matched(db, "wide", "narrow")
     result = match(*read_sides(db, "narrow", "wide"))
     f = next(iter(SPLIT))
     kids = sorted(np.flatnonzero(parents == f).tolist())

@@ -35,6 +35,13 @@ def derived_key(narrow: str, wide: str) -> str:
     return f"matches-{narrow}-{wide}"
 
 
+def is_matched(db: str | Path, narrow: str, wide: str) -> bool:
+    """Whether the pair's matches are published and still current (neither SAE re-indexed)."""
+    from saedex.store.catalog import Catalog
+
+    return derived_key(narrow, wide) in Catalog(Path(db)).snapshot()[1]
+
+
 def write_matches(db: str | Path, narrow: str, wide: str, rows: pa.Table) -> Path:
     """Publish a pair's `feature_matches` rows (columns by name, as the table's)."""
     from saedex.store.derived import publish_derived
