@@ -230,13 +230,15 @@ class IndexReader:
     ) -> list[tuple]:
         """Example rows with their context's document and tokens (from the context cache: a
         join with `contexts` would scan its token lists on every call)."""
-        single = len(indices) == 1
+        # the features as literals: a constant filter reaches the scan of a compacted run's
+        # activations through the view's join (saedex.store.bulk), a list parameter does not
+        features = ", ".join(str(int(i)) for i in indices)
         rows = self._rows(
             "SELECT e.feature, e.interval, e.context_id, e.active_positions, e.active_values, "
             "       e.max_activation, e.max_position FROM examples e "
-            f"WHERE e.sae_id = ? AND e.feature {'= ?' if single else '= ANY(?)'} AND {where} "
+            f"WHERE e.sae_id = ? AND e.feature IN ({features}) AND {where} "
             "ORDER BY e.feature, e.interval, e.rank",
-            [sae_id, indices[0] if single else list(indices), *params],
+            [sae_id, *params],
         )
         contexts = self.contexts(sae_id, {r[2] for r in rows})
         return [(f, i, c, *contexts[c], *rest) for f, i, c, *rest in rows]
@@ -414,7 +416,7 @@ class IndexReader:
         """Cache the contexts that examples show (as many as the cache holds), in one query, so
         a server's first requests do not pay for misses. Returns how many were cached."""
         condition = (
-            "c.context_id IN (SELECT DISTINCT context_id FROM examples WHERE sae_id = ?) "
+            "c.context_id IN (SELECT DISTINCT context_id FROM example_keys WHERE sae_id = ?) "
             "ORDER BY c.context_id LIMIT ?"
         )
         return len(self._fetch_contexts(sae_id, condition, [sae_id, self.context_cache_size]))
@@ -481,12 +483,12 @@ class IndexReader:
                 SELECT c.context_id FROM contexts c, toks
                 WHERE c.sae_id = $sae
                   AND c.context_id IN (
-                      SELECT context_id FROM examples WHERE sae_id = $sae AND kind = 'top')
+                      SELECT context_id FROM example_keys WHERE sae_id = $sae AND kind = 'top')
                   AND contains(lower(array_to_string(
                       list_transform(c.token_ids, lambda i: toks.t[i + 1]), '')), lower($q))
             ),
             example_hits AS (
-                SELECT feature, count(*) AS n FROM examples
+                SELECT feature, count(*) AS n FROM example_keys
                 WHERE sae_id = $sae AND kind = 'top'
                   AND context_id IN (SELECT context_id FROM ctx_hits)
                 GROUP BY feature
