@@ -82,6 +82,7 @@ def compact(path: Path) -> None:
         stale.unlink(missing_ok=True)
     con = duckdb.connect()
     try:
+        con.execute("SET enable_progress_bar = false")  # the indexer shows its own progress
         con.execute(f"ATTACH '{_quote(path)}' AS src (READ_ONLY)")
         if bulk.is_parquet(con, "src."):
             return  # compacted already (killed before the catalog published it)

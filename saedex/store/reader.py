@@ -146,8 +146,8 @@ class IndexReader:
     def summaries(self, sae_id: str, indices: list[int]) -> dict[int, FeatureSummary]:
         rows = self._rows(
             "SELECT feature, n_active, density, max_activation, mean_activation, skew, kurtosis "
-            "FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?)) ",
-            [sae_id, list(indices)],
+            f"FROM features WHERE sae_id = ? AND feature IN ({_listed(indices)}) ",
+            [sae_id],
         )
         top = self.logits(sae_id, [r[0] for r in rows], "top")
         return {
@@ -162,9 +162,9 @@ class IndexReader:
         vocab = self._vocab_for(sae_id)
         rows = self._rows(
             "SELECT feature, token_id, value FROM feature_logits "
-            "WHERE sae_id = ? AND kind = ? AND feature IN (SELECT unnest(?)) AND rank <= ? "
+            f"WHERE sae_id = ? AND kind = ? AND feature IN ({_listed(indices)}) AND rank <= ? "
             "ORDER BY feature, rank",
-            [sae_id, kind, list(indices), first or 1 << 15],
+            [sae_id, kind, first or 1 << 15],
         )
         out: dict[int, list[LogitEntry]] = defaultdict(list)
         for feature, token_id, value in rows:
@@ -175,8 +175,8 @@ class IndexReader:
         """(activation histogram, logit histogram) per feature."""
         rows = self._rows(
             "SELECT feature, hist_edges, hist_counts, logit_hist_edges, logit_hist_counts "
-            "FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-            [sae_id, list(indices)],
+            f"FROM features WHERE sae_id = ? AND feature IN ({_listed(indices)})",
+            [sae_id],
         )
         return {r[0]: (Histogram(r[1], r[2]), Histogram(r[3], r[4])) for r in rows}
 
@@ -185,9 +185,9 @@ class IndexReader:
     ) -> dict[int, list[Neighbour]]:
         rows = self._rows(
             "SELECT feature, neighbour, cosine FROM neighbours "
-            "WHERE sae_id = ? AND feature IN (SELECT unnest(?)) AND rank <= ? "
+            f"WHERE sae_id = ? AND feature IN ({_listed(indices)}) AND rank <= ? "
             "ORDER BY feature, rank",
-            [sae_id, list(indices), first or 1 << 15],
+            [sae_id, first or 1 << 15],
         )
         out: dict[int, list[Neighbour]] = defaultdict(list)
         for feature, neighbour, cosine in rows:
@@ -214,9 +214,9 @@ class IndexReader:
             examples[(row[0], row[1])].append(_example(row, vocab))
         rows = self._rows(
             "SELECT feature, interval, low, high, fraction FROM intervals "
-            "WHERE sae_id = ? AND feature IN (SELECT unnest(?)) "
+            f"WHERE sae_id = ? AND feature IN ({_listed(indices)}) "
             "ORDER BY feature, interval DESC",
-            [sae_id, list(indices)],
+            [sae_id],
         )
         out: dict[int, list[IntervalSample]] = defaultdict(list)
         for feature, interval, low, high, fraction in rows:
@@ -230,13 +230,10 @@ class IndexReader:
     ) -> list[tuple]:
         """Example rows with their context's document and tokens (from the context cache: a
         join with `contexts` would scan its token lists on every call)."""
-        # the features as literals: a constant filter reaches the scan of a compacted run's
-        # activations through the view's join (saedex.store.bulk), a list parameter does not
-        features = ", ".join(str(int(i)) for i in indices)
         rows = self._rows(
             "SELECT e.feature, e.interval, e.context_id, e.active_positions, e.active_values, "
             "       e.max_activation, e.max_position FROM examples e "
-            f"WHERE e.sae_id = ? AND e.feature IN ({features}) AND {where} "
+            f"WHERE e.sae_id = ? AND e.feature IN ({_listed(indices)}) AND {where} "
             "ORDER BY e.feature, e.interval, e.rank",
             [sae_id, *params],
         )
@@ -523,3 +520,10 @@ def _example(row: tuple, vocab: list[str]) -> Example:
         max_activation=max_act,
         max_token_index=max_pos,
     )
+
+
+def _listed(indices) -> str:
+    """Feature indices as SQL literals (integers, checked): a constant filter reaches the scan
+    of a compacted run's Parquet files, even through the `examples` view's join, and skips
+    their other row groups (saedex.store.bulk); a list parameter does neither."""
+    return ", ".join(str(int(i)) for i in indices) or "NULL"
