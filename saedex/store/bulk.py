@@ -32,6 +32,10 @@ BULK_KEY = "bulk"
 BULK_PARQUET = "parquet"
 # zstd level 9: ~1.5% smaller than the default 3 for activations at twice the (seconds-long) cost.
 _COPY_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 9, PARQUET_VERSION v2"
+# Activations' ids delta-coded rather than dictionary-coded: within a feature the contexts
+# ascend, so the deltas stay small however long the corpus (a dictionary of context ids grows
+# with it); 3% smaller already at 30k tokens.
+_DELTA_IDS = ", DICTIONARY_SIZE_LIMIT 64"
 # table -> (stored columns, sort order, rows per row group). Everything not listed here stays
 # in the run file. Row groups are small enough that a query for a few features (constants:
 # their min/max statistics prune the rest) decodes a small part of the file: ~30 features of
@@ -94,9 +98,12 @@ def write_tables(con: duckdb.DuckDBPyConnection, alias: str, run_file: Path) -> 
     tmp.mkdir()
     for table, (columns, order, row_group) in STORED.items():
         out = tmp / f"{table}.parquet"
+        options = f"{_COPY_OPTIONS}, ROW_GROUP_SIZE {row_group}"
+        if table == "activations":
+            options += _DELTA_IDS
         con.execute(
             f"COPY (SELECT {columns} FROM {alias}.{table} ORDER BY {order}) "
-            f"TO '{_quote(out)}' ({_COPY_OPTIONS}, ROW_GROUP_SIZE {row_group})"
+            f"TO '{_quote(out)}' ({options})"
         )
         _fsync(out)
     _fsync(tmp)

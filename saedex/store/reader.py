@@ -31,6 +31,7 @@ from saedex.fingerprint import sae_fingerprint
 from saedex.store import documents
 from saedex.store.deadline import interruptible
 from saedex.store.edits import EditStore, edits_path
+from saedex.store.precision import EXACT
 from saedex.store.views import IndexView
 from saedex.weights import feature_vectors, indexed_weights
 
@@ -502,6 +503,7 @@ class IndexReader:
 def _sae(row: tuple) -> SaeInfo:
     values = list(row)
     values[18] = json.loads(values[18])
+    values[18].setdefault("value_precision", EXACT)  # runs before the setting stored float32
     return SaeInfo(*values)
 
 
