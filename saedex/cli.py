@@ -138,6 +138,7 @@ def info(db: Annotated[Path, typer.Option(help="DuckDB index file.")]):
             typer.echo(
                 f"{sae.id}\t{sae.status}\t{sae.model_name}\t{sae.hook_name}\t"
                 f"d_sae={sae.d_sae}\ttokens={sae.n_tokens}\tdead={sae.dead_features}"
+                f"\tvalues={sae.settings['value_precision']}"  # store2: stored precision
             )
 
 

@@ -67,6 +67,10 @@ def validate(config: Any) -> None:
             raise ConfigError(f.name, f"must be at most {high}, got {value}")
 
 
+# How an index may store activation values (saedex.store.precision).
+VALUE_PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """What one indexing run computes. Stored with the index; a resume must match it."""
@@ -98,6 +102,13 @@ class IndexConfig:
     seed: int = setting(0, "Seed for interval sampling.")
     max_documents: int | None = setting(None, "Index only the first N documents.", min=1)
     max_tokens: int | None = setting(None, "Stop after about N corpus tokens.", min=1)
+    # -- store2: reduced-precision storage (docs/schema.md, "Size") --
+    value_precision: str = setting(
+        "float32",
+        "Stored activation values: float32 (exact) or bfloat16 (8 significant bits, "
+        "~40% smaller; statistics and examples then use the rounded values).",
+        choices=VALUE_PRECISIONS,
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -43,7 +43,9 @@ class SaeInfo:
     n_excluded_tokens: int = doc("Attention-sink tokens left out of the statistics.")
     dead_features: int = doc("Features never active on the corpus.")
     status: str = doc("running or complete.")
-    settings: dict = doc("The run's IndexConfig, as stored.")
+    settings: dict = doc(
+        "The run's IndexConfig, as stored (value_precision: float32 for runs that predate it)."
+    )
     started_at: datetime | None = doc("When the run started.")
     finished_at: datetime | None = doc("When the run finished.")
     duration_s: float | None = doc("Seconds the run took.")

@@ -94,7 +94,7 @@ def fresh(tmp_path_factory) -> dict:
     return records(db)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_stored_old_index_upgrades_to_the_fresh_records(version, fresh, tmp_path):
     path = unpack(version, tmp_path)
     files = [path, *runs_dir(path).glob("*.duckdb")]
@@ -140,7 +140,7 @@ IndexReader(sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize("n", [0, 1, 3, 99])
 def test_kill_inside_the_migration_leaves_the_old_file(version, n, fresh, tmp_path):
     path = unpack(version, tmp_path)

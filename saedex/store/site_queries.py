@@ -89,7 +89,7 @@ class SiteReader(IndexReader):
     def example_context_ids(self, sae_id: str) -> list[int]:
         """Every context some example shows, in id order (the site stores only these)."""
         rows = self._rows(
-            "SELECT DISTINCT context_id FROM examples WHERE sae_id = ? ORDER BY context_id",
+            "SELECT DISTINCT context_id FROM example_keys WHERE sae_id = ? ORDER BY context_id",
             [sae_id],
         )
         return [r[0] for r in rows]
