@@ -1,0 +1,138 @@
+"""Co-activation over all features (issue 18.1), against a brute-force count token by token."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from saedex.store.coactivation import (
+    Firings,
+    coactivation_table,
+    cofiring,
+    compute,
+    counted_tokens,
+    firings,
+)
+from saedex.store.views import connect
+from tests.conftest import API_SAE
+
+
+def brute_force(rows) -> tuple[Counter, Counter]:
+    """(tokens per feature, tokens per unordered feature pair) from (context, position,
+    feature) rows, one token at a time."""
+    tokens: dict[tuple, set[int]] = defaultdict(set)
+    for context, position, feature in rows:
+        tokens[(context, position)].add(feature)
+    alone: Counter = Counter()
+    pairs: Counter = Counter()
+    for features in tokens.values():
+        alone.update(features)
+        pairs.update(combinations(sorted(features), 2))
+    return alone, pairs
+
+
+@pytest.fixture(scope="module")
+def con(api_db):
+    con = connect(api_db)
+    yield con
+    con.close()
+
+
+def test_cofiring_equals_brute_force(con):
+    rows = con.execute(
+        "SELECT context_id, position, feature FROM activations WHERE sae_id = ?", [API_SAE]
+    ).fetchall()
+    assert len(rows) > 100
+    alone, pairs = brute_force(rows)
+    dense = cofiring(firings(con, API_SAE)).toarray()
+    for (i, j), c in pairs.items():
+        assert dense[i, j] == dense[j, i] == c
+    assert dense.sum() == sum(alone.values()) + 2 * sum(pairs.values())
+    n_active = dict(
+        con.execute("SELECT feature, n_active FROM features WHERE sae_id = ?", [API_SAE]).fetchall()
+    )
+    assert all(dense[i, i] == n_active[i] for i in n_active)
+
+
+def test_top_n_ranking_equals_brute_force(con):
+    rows = con.execute(
+        "SELECT context_id, position, feature FROM activations WHERE sae_id = ?", [API_SAE]
+    ).fetchall()
+    alone, pairs = brute_force(rows)
+    n_counted = counted_tokens(con, API_SAE)
+    assert (
+        n_counted
+        == con.execute(
+            "SELECT count(DISTINCT (context_id, position)) FROM activations WHERE sae_id = ?",
+            [API_SAE],
+        ).fetchone()[0]
+        + con.execute(  # counted tokens where no feature fired
+            "SELECT n_tokens - (SELECT count(DISTINCT (context_id, position)) FROM activations "
+            "WHERE sae_id = ?) FROM saes WHERE sae_id = ?",
+            [API_SAE, API_SAE],
+        ).fetchone()[0]
+    )
+    table = compute(con, API_SAE, first=5).to_pylist()
+    got: dict[int, list[dict]] = defaultdict(list)
+    for row in table:
+        got[row["feature"]].append(row)
+    assert got, "no co-activations computed"
+    for i in alone:
+        partners = {j if i == k else k: c for (k, j), c in pairs.items() if i in (k, j)}
+        expected = sorted(
+            ((c / (alone[i] + alone[j] - c), c, j) for j, c in partners.items()),
+            key=lambda t: (-t[0], -t[1], t[2]),
+        )[:5]
+        mine = got.get(i, [])
+        assert [(r["rank"], r["other"], r["count"]) for r in mine] == [
+            (rank, j, c) for rank, (_, c, j) in enumerate(expected, 1)
+        ]
+        for r, (jac, c, j) in zip(mine, expected, strict=True):
+            assert r["jaccard"] == pytest.approx(jac)
+            assert r["lift"] == pytest.approx(c * n_counted / (alone[i] * alone[j]))
+
+
+def test_cofiring_of_two_saes_equals_brute_force():
+    """A^T B over tokens of two SAEs (features matched across widths): tokens line up by
+    (context, position), whichever SAE fires on them."""
+    rng = np.random.default_rng(0)
+
+    def random_firings(n_features: int, n: int) -> Firings:
+        """Distinct (context, position, feature) triples, as an index stores them."""
+        triples = np.unique(
+            np.stack(
+                [rng.integers(0, 6, n), rng.integers(0, 40, n), rng.integers(0, n_features, n)]
+            ),
+            axis=1,
+        )
+        return Firings(*triples, n_features)
+
+    left, right = random_firings(7, 300), random_firings(11, 400)
+    expected = np.zeros((7, 11), dtype=np.int64)
+    sets = [defaultdict(set), defaultdict(set)]
+    for side, f in zip(sets, (left, right), strict=True):
+        for c, p, k in zip(f.context, f.position, f.feature, strict=True):
+            side[(c, p)].add(k)
+    for token, features in sets[0].items():
+        for i in features:
+            for j in sets[1].get(token, ()):
+                expected[i, j] += 1
+    assert (cofiring(left, right).toarray() == expected).all()
+
+
+def test_ranking_ties_and_first_zero():
+    """Ties in Jaccard go to more shared tokens, then the lower index; first=0 keeps none."""
+    from scipy import sparse
+
+    # feature 0 fires on 4 tokens; 1 and 2 share 2 of them each (same Jaccard), 3 shares 1.
+    products = sparse.csr_matrix(
+        np.array([[4, 2, 2, 1], [2, 2, 0, 0], [2, 0, 2, 0], [1, 0, 0, 1]], dtype=np.int32)
+    )
+    rows = coactivation_table(products, n_counted=8, first=2).to_pylist()
+    zero = [(r["rank"], r["other"], r["count"]) for r in rows if r["feature"] == 0]
+    assert zero == [(1, 1, 2), (2, 2, 2)]
+    assert [r["lift"] for r in rows if r["feature"] == 0] == [2 * 8 / (4 * 2)] * 2
+    assert coactivation_table(products, 8, first=0).num_rows == 0
