@@ -29,7 +29,11 @@ from saedex.errors import SaedexError
 # SAE is the one asked about (filled in from the request, `context`).
 _NOT_SERVED = {data.FeatureData: {"summary", "explanations"}, data.Neighbour: {"sae_id"}}
 # Record fields whose API name is not the camelCase of the field name.
-_RENAMED = {(data.FeatureSummary, "sae_id"): "sae"}
+_RENAMED = {
+    (data.FeatureSummary, "sae_id"): "sae",
+    (data.DocumentWindow, "sae_id"): "sae",
+    (data.WindowFeature, "sae_id"): "sae",
+}
 
 
 def camel(name: str) -> str:
@@ -99,6 +103,7 @@ def record(cls: type, obj: dict, context: dict | None = None, **known: Any) -> A
 _SAE = selection(data.SaeInfo)
 _SUMMARY = selection(data.FeatureSummary)
 _FEATURE = f"{_SUMMARY} {selection(data.FeatureData)}"
+_WINDOW = selection(data.DocumentWindow)
 _ORDERS = {"index": "INDEX", "density": "DENSITY", "max_activation": "MAX_ACTIVATION"}
 
 
@@ -274,6 +279,47 @@ class Client:
         return [
             (m["index"], m["matchedTokens"], m["exampleMatches"]) for m in found["searchFeatures"]
         ]
+
+    # -- document windows (issue 19.4) ---------------------------------------------------------
+
+    def document_window(
+        self,
+        sae_id: str,
+        features: list[int | tuple[str, int]],
+        *,
+        context_id: int | None = None,
+        position: int | None = None,
+        document_id: str | None = None,
+        offset: int = 0,
+        before: int = 64,
+        after: int = 64,
+        live: bool = False,
+    ) -> data.DocumentWindow:
+        """IndexReader.document_window from the server; `live` re-runs the model on the
+        joined window (a server with inference on)."""
+        own = [f for f in features if not isinstance(f, tuple)]
+        other = [{"sae": s, "index": i} for s, i in (f for f in features if isinstance(f, tuple))]
+        document = (
+            "query ($sae: ID!, $features: [Int!], $other: [FeatureRef!], $contextId: Int, "
+            "$position: Int, $documentId: String, $offset: Int!, $before: Int!, $after: Int!, "
+            "$live: Boolean!) { documentWindow(sae: $sae, features: $features, "
+            "otherFeatures: $other, contextId: $contextId, position: $position, "
+            "documentId: $documentId, offset: $offset, before: $before, after: $after, "
+            f"live: $live) {{ {_WINDOW} }} }}"
+        )
+        variables = {
+            "sae": sae_id,
+            "features": own,
+            "other": other,
+            "contextId": context_id,
+            "position": position,
+            "documentId": document_id,
+            "offset": offset,
+            "before": before,
+            "after": after,
+            "live": live,
+        }
+        return record(data.DocumentWindow, self.query(document, variables)["documentWindow"])
 
 
 class RemoteError(SaedexError):

@@ -135,3 +135,17 @@ def test_graphql_vectors_of_a_moved_sae_are_unavailable(client_db, tmp_path):
         body = c.post("/graphql", json={"query": '{ feature(sae: "sae", index: 1) { decoder } }'})
     (err,) = body.json()["errors"]
     assert err["extensions"]["code"] == "UNAVAILABLE" and "moved or deleted" in err["message"]
+
+
+def test_document_window_equals_the_reader(remote, reader):
+    """Across context boundaries, by example or by document, and errors as one line."""
+    example = reader.top_examples(SAE, [3], first=1)[3][0]
+    at = {"context_id": example.context_id, "position": example.max_token_index}
+    for kwargs in (at | {"before": 60, "after": 60}, {"document_id": example.document_id}):
+        want = reader.document_window(SAE, [3, (SAE, 5)], **kwargs)
+        assert remote.document_window(SAE, [3, (SAE, 5)], **kwargs) == want
+    assert len(want.context_starts) > 1  # the tiny corpus's documents span several contexts
+    with pytest.raises(SaedexError, match="live inference is off"):
+        remote.document_window(SAE, [3], **at, live=True)
+    with pytest.raises(SaedexError, match="no feature 999"):
+        remote.document_window(SAE, [999], **at)
