@@ -25,14 +25,15 @@ from typing import Any
 from saedex import data
 from saedex.errors import SaedexError
 
-# Record fields the API does not serve: explanations live in the user-edit store; a neighbour's
-# SAE is the one asked about (filled in from the request, `context`).
-_NOT_SERVED = {data.FeatureData: {"summary", "explanations"}, data.Neighbour: {"sae_id"}}
+# Record fields the API does not serve: a neighbour's SAE is the one asked about (filled in
+# from the request, `context`).
+_NOT_SERVED = {data.FeatureData: {"summary"}, data.Neighbour: {"sae_id"}}
 # Record fields whose API name is not the camelCase of the field name.
 _RENAMED = {
     (data.FeatureSummary, "sae_id"): "sae",
     (data.DocumentWindow, "sae_id"): "sae",
     (data.WindowFeature, "sae_id"): "sae",
+    (data.Explanation, "sae_id"): "sae",
 }
 
 
@@ -104,6 +105,7 @@ _SAE = selection(data.SaeInfo)
 _SUMMARY = selection(data.FeatureSummary)
 _FEATURE = f"{_SUMMARY} {selection(data.FeatureData)}"
 _WINDOW = selection(data.DocumentWindow)
+_EXPLANATION = selection(data.Explanation)
 _ORDERS = {"index": "INDEX", "density": "DENSITY", "max_activation": "MAX_ACTIVATION"}
 
 
@@ -226,6 +228,12 @@ class Client:
         found = self._features(sae_id, indices, fields)
         return {i: [record(data.Example, e) for e in found[i]["topExamples"]] for i in found}
 
+    def explanations(self, sae_id: str, indices: list[int]) -> dict[int, list[data.Explanation]]:
+        """Each feature's explanations, current ones first, as IndexReader.explanations."""
+        found = self._features(sae_id, indices, f"explanations {{ {_EXPLANATION} }}")
+        out = {i: [record(data.Explanation, x) for x in found[i]["explanations"]] for i in found}
+        return {i: out.get(i, []) for i in indices}
+
     def vectors(
         self, sae_id: str, indices: list[int], kind: str = "decoder"
     ) -> dict[int, list[float]]:
@@ -245,6 +253,7 @@ class Client:
         min_density: float | None = None,
         max_density: float | None = None,
         top_token: str | None = None,
+        has_explanation: bool | None = None,
     ) -> data.FeaturePage:
         if order_by not in _ORDERS:
             raise SaedexError(f"cannot order features by {order_by!r}")
@@ -252,8 +261,9 @@ class Client:
         after = base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode() if offset else None
         document = (
             "query ($sae: ID!, $first: Int, $after: String, $min: Float, $max: Float, "
-            f"$token: String) {{ features(sae: $sae, first: $first, after: $after, orderBy: {order}, "
-            "minDensity: $min, maxDensity: $max, topToken: $token) { totalCount "
+            "$token: String, $explained: Boolean) { features(sae: $sae, first: $first, "
+            f"after: $after, orderBy: {order}, minDensity: $min, maxDensity: $max, "
+            "topToken: $token, hasExplanation: $explained) { totalCount "
             f"edges {{ node {{ {_SUMMARY} }} }} }} }}"
         )
         variables = {
@@ -263,6 +273,7 @@ class Client:
             "min": min_density,
             "max": max_density,
             "token": top_token,
+            "explained": has_explanation,
         }
         page = self.query(document, variables)["features"]
         items = [record(data.FeatureSummary, e["node"]) for e in page["edges"]]

@@ -149,3 +149,27 @@ def test_document_window_equals_the_reader(remote, reader):
         remote.document_window(SAE, [3], **at, live=True)
     with pytest.raises(SaedexError, match="no feature 999"):
         remote.document_window(SAE, [999], **at)
+
+
+def test_explanations_and_their_filter_equal_the_reader(remote, reader, client_db):
+    """Explanations written while the server runs (the user-edit store) reach the client as
+    the reader's records, in its order, and `has_explanation` filters the listing alike."""
+    from saedex.store.edits import EditStore, NewExplanation, edits_path
+
+    fingerprint = reader.fingerprint(SAE)
+    with EditStore(edits_path(client_db)) as store:
+        store.add(SAE, NewExplanation(2, "Commas in lists", "human", "ann"), fingerprint)
+        store.add(SAE, NewExplanation(2, "Older take", "import", None, "np"), "old-weights")
+        store.add(
+            SAE,
+            NewExplanation(6, "Capitals", "model", "tiny", "default", {"fuzz": 0.7}),
+            fingerprint,
+        )
+    got = remote.explanations(SAE, [2, 6, 9])
+    assert got == reader.explanations(SAE, [2, 6, 9])
+    assert [x.text for x in got[2]] == ["Commas in lists", "Older take"] and got[9] == []
+    assert remote.feature(SAE, 6) == reader.feature(SAE, 6)
+    for explained in (True, False):
+        page = remote.list_features(SAE, limit=100, has_explanation=explained)
+        assert page == reader.list_features(SAE, limit=100, has_explanation=explained)
+    assert [s.index for s in remote.list_features(SAE, has_explanation=True).items] == [2, 6]
