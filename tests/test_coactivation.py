@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from saedex.store.coactivation import (
-    Firings,
+    SparseActivations,
     coactivation_table,
     cofiring,
     compute,
     counted_tokens,
-    firings,
+    sparse_activations,
 )
 from saedex.store.views import connect
 from tests.conftest import API_SAE
@@ -47,7 +47,7 @@ def test_cofiring_equals_brute_force(con):
     ).fetchall()
     assert len(rows) > 100
     alone, pairs = brute_force(rows)
-    dense = cofiring(firings(con, API_SAE)).toarray()
+    dense = cofiring(sparse_activations(con, API_SAE)).toarray()
     for (i, j), c in pairs.items():
         assert dense[i, j] == dense[j, i] == c
     assert dense.sum() == sum(alone.values()) + 2 * sum(pairs.values())
@@ -100,22 +100,20 @@ def test_cofiring_of_two_saes_equals_brute_force():
     (context, position), whichever SAE fires on them."""
     rng = np.random.default_rng(0)
 
-    def random_firings(n_features: int, n: int) -> Firings:
+    def random_firings(d_sae: int, n: int) -> SparseActivations:
         """Distinct (context, position, feature) triples, as an index stores them."""
-        triples = np.unique(
-            np.stack(
-                [rng.integers(0, 6, n), rng.integers(0, 40, n), rng.integers(0, n_features, n)]
-            ),
+        c, p, f = np.unique(
+            np.stack([rng.integers(0, 6, n), rng.integers(0, 40, n), rng.integers(0, d_sae, n)]),
             axis=1,
         )
-        return Firings(*triples, n_features)
+        return SparseActivations((c << 16) | p, f, np.ones(len(f)), d_sae, 240)
 
     left, right = random_firings(7, 300), random_firings(11, 400)
     expected = np.zeros((7, 11), dtype=np.int64)
     sets = [defaultdict(set), defaultdict(set)]
     for side, f in zip(sets, (left, right), strict=True):
-        for c, p, k in zip(f.context, f.position, f.feature, strict=True):
-            side[(c, p)].add(k)
+        for token, k in zip(f.tokens, f.feature, strict=True):
+            side[token].add(k)
     for token, features in sets[0].items():
         for i in features:
             for j in sets[1].get(token, ()):

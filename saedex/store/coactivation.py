@@ -13,8 +13,8 @@ not a batch. Per pair (i, j), with n_i, n_j the features' counts and N the count
 - lift     c_ij N / (n_i n_j), how much more often they co-fire than independent features
            would (log2 of it is the PMI).
 
-`cofiring` takes plain (context, position, feature) arrays, so the same product serves two
-SAEs indexed over the same contexts (A^T B, for matching features across widths).
+`cofiring` takes one run's SparseActivations (A^T A) or two runs' (A^T B, their tokens paired
+by `shared_rows`), so the same product serves matching features across SAEs.
 """
 
 from __future__ import annotations
@@ -27,71 +27,75 @@ import pyarrow as pa
 
 from saedex.errors import SaedexError
 
-# The columns of a top-N table, as `coactivation_table` builds them (one row per pair kept).
-COLUMNS = ("feature", "rank", "other", "count", "jaccard", "lift")
-
 
 @dataclass(frozen=True)
-class Firings:
-    """Where an SAE's features fire: one entry per (token, feature), a token being a counted
-    (context, position); `n_features` is the SAE's width (d_sae)."""
+class SparseActivations:
+    """One run's stored activations, one entry per (token, feature); a token is the key
+    `context_id << 16 | position`, the same token in every run with the same plan."""
 
-    context: np.ndarray
-    position: np.ndarray
-    feature: np.ndarray
-    n_features: int
+    tokens: np.ndarray  # int64
+    feature: np.ndarray  # int64
+    value: np.ndarray  # float64
+    d_sae: int
+    n_counted: int
 
-    def token_keys(self) -> np.ndarray:
-        """One int64 per entry naming its token (positions fit in 16 bits: SMALLINT)."""
-        return (self.context.astype(np.int64) << 16) | self.position.astype(np.int64)
+    def matrix(self, rows: np.ndarray, n_rows: int, values: bool = False):
+        """The token x feature CSR matrix with `rows[i]` as entry i's row: 1 where a feature
+        fires (or its value, with `values`)."""
+        from scipy import sparse
+
+        data = self.value if values else np.ones(len(self.feature), dtype=np.int32)
+        return sparse.csr_matrix((data, (rows, self.feature)), shape=(n_rows, self.d_sae))
 
 
-def firings(con: duckdb.DuckDBPyConnection, sae_id: str) -> Firings:
-    """An SAE's stored activations as Firings (from a run file or the index's views)."""
+def sparse_activations(con: duckdb.DuckDBPyConnection, sae_id: str) -> SparseActivations:
+    """Every activation of a run, as arrays (the input of A^T A and of cross-SAE products)."""
     row = con.execute("SELECT d_sae FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
     if row is None:
         raise SaedexError(f"unknown SAE: {sae_id!r}")
     acts = con.execute(
-        "SELECT context_id, position, feature FROM activations WHERE sae_id = ?", [sae_id]
+        "SELECT context_id, position, feature, value FROM activations WHERE sae_id = ?", [sae_id]
     ).fetchnumpy()
-    return Firings(
-        np.asarray(acts["context_id"], dtype=np.int64),
-        np.asarray(acts["position"], dtype=np.int64),
+    context = np.asarray(acts["context_id"], dtype=np.int64)
+    position = np.asarray(acts["position"], dtype=np.int64)
+    return SparseActivations(
+        (context << 16) | position,
         np.asarray(acts["feature"], dtype=np.int64),
+        np.asarray(acts["value"], dtype=np.float64),
         row[0],
+        counted_tokens(con, sae_id),
     )
 
 
-def cofiring(left: Firings, right: Firings | None = None):
-    """Co-firing counts as a scipy CSR matrix [left.n_features, right.n_features]: entry (i, j)
-    is the number of tokens where left's feature i and right's feature j both fire (right
-    defaults to left: A^T A, whose diagonal is each feature's own count)."""
-    from scipy import sparse
-
-    sides = [left] if right is None else [left, right]
-    keys = [s.token_keys() for s in sides]
-    _, token = np.unique(np.concatenate(keys), return_inverse=True)
-    n_tokens = int(token.max()) + 1 if len(token) else 0
-    matrices, start = [], 0
-    for side, k in zip(sides, keys, strict=True):
-        rows = token[start : start + len(k)]
-        start += len(k)
-        ones = np.ones(len(k), dtype=np.int32)
-        shape = (n_tokens, side.n_features)
-        matrices.append(sparse.csr_matrix((ones, (rows, side.feature)), shape=shape))
-    a = matrices[0]
-    return (a.T @ matrices[-1]).tocsr()
+def shared_rows(*runs: SparseActivations) -> tuple[list[np.ndarray], int]:
+    """Row numbers over the union of the runs' tokens (the same token, the same row in every
+    run's matrix), and how many rows: the products of cross-SAE matrices pair the same tokens."""
+    union, inverse = np.unique(np.concatenate([r.tokens for r in runs]), return_inverse=True)
+    bounds = np.cumsum([0, *(len(r.tokens) for r in runs)])
+    return [inverse[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], len(union)
 
 
 def counted_tokens(con: duckdb.DuckDBPyConnection, sae_id: str) -> int:
-    """Tokens the run counted (lift's N; density's denominator)."""
+    """Tokens the run counted (lift's N; density's denominator), from its `saes` row: known
+    during the pass too, before the per-feature tables exist."""
     row = con.execute("SELECT n_tokens FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
     return int(row[0] or 0) if row else 0
 
 
+def cofiring(left: SparseActivations, right: SparseActivations | None = None):
+    """Co-firing counts as a scipy CSR matrix [left.d_sae, right.d_sae]: entry (i, j) is the
+    number of tokens where left's feature i and right's feature j both fire (right defaults
+    to left: A^T A, whose diagonal is each feature's own count)."""
+    runs = (left,) if right is None else (left, right)
+    rows, n_rows = shared_rows(*runs)
+    a = left.matrix(rows[0], n_rows)
+    b = a if right is None else right.matrix(rows[1], n_rows)
+    return (a.T @ b).tocsr()
+
+
 def coactivation_table(products, n_counted: int, first: int = 10) -> pa.Table:
     """The `first` partners of every feature by Jaccard (ties: more tokens, then the lower
-    index), as rows (feature, rank from 1, other, count, jaccard, lift); from A^T A."""
+    index), from A^T A, as rows (feature, rank from 1, other, count, jaccard, lift)."""
     products = products.tocsr()
     counts = products.diagonal().astype(np.float64)
     feature = np.repeat(np.arange(products.shape[0], dtype=np.int64), np.diff(products.indptr))
@@ -102,13 +106,13 @@ def coactivation_table(products, n_counted: int, first: int = 10) -> pa.Table:
     jaccard = both / (counts[feature] + counts[other] - both)
     order = np.lexsort((other, -both, -jaccard, feature))
     ranked = feature[order]
-    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked)
-    pick = order[rank < first]
+    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked)  # 0 for each one's best
+    pick, rank = order[rank < first], rank[rank < first]
     f, o, c = feature[pick], other[pick], both[pick]
     return pa.table(
         {
             "feature": pa.array(f, pa.int32()),
-            "rank": pa.array(rank[rank < first] + 1, pa.int16()),
+            "rank": pa.array(rank + 1, pa.int16()),
             "other": pa.array(o, pa.int32()),
             "count": pa.array(c.astype(np.int64), pa.int64()),
             "jaccard": pa.array(jaccard[pick], pa.float64()),
@@ -119,4 +123,5 @@ def coactivation_table(products, n_counted: int, first: int = 10) -> pa.Table:
 
 def compute(con: duckdb.DuckDBPyConnection, sae_id: str, first: int = 10) -> pa.Table:
     """Every feature's top `first` co-activating features, exact over the indexed corpus."""
-    return coactivation_table(cofiring(firings(con, sae_id)), counted_tokens(con, sae_id), first)
+    acts = sparse_activations(con, sae_id)
+    return coactivation_table(cofiring(acts), acts.n_counted, first)
