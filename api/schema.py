@@ -109,6 +109,19 @@ MatchedFeature = record_type(
 FeatureFamily = record_type(data.FeatureFamily, types_={"sae_id": strawberry.ID})
 
 
+def _coactivating_feature(root: strawberry.Parent[data.Coactivation], info: Info) -> Feature | None:
+    """The co-activating feature itself."""
+    return load_feature(info, root.sae_id, root.index)
+
+
+Coactivation = record_type(
+    data.Coactivation,
+    exclude=("sae_id",),
+    types_={"count": Long},
+    resolvers={"feature": _coactivating_feature},
+)
+
+
 async def _summary(root: Feature, info: Info) -> data.FeatureSummary:
     return await root.summary(info)
 
@@ -167,6 +180,17 @@ class Feature:
     async def neighbours(self, info: Info, first: int | None = None) -> list[Neighbour]:
         key = (self.sae_id, self.index, page_size(info, first, None))
         return await info.context.loaders.neighbours.load(key)
+
+    # -- co-activation (saedex.store.coactivation) --
+
+    @strawberry.field(
+        description="Features that fire on the same tokens, over the whole indexed corpus, "
+        "by Jaccard index (count and lift beside it); as many as the run stored (its "
+        "`coactivations` setting)."
+    )
+    async def coactivations(self, info: Info, first: int | None = None) -> list[Coactivation]:
+        key = (self.sae_id, self.index, page_size(info, first, None))
+        return await info.context.loaders.coactivations.load(key)
 
     # -- SAE weights (interop: saedex.weights) --
 

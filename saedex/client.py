@@ -25,9 +25,13 @@ from typing import Any
 from saedex import data
 from saedex.errors import SaedexError
 
-# Record fields the API does not serve: a neighbour's SAE is the one asked about (filled in
-# from the request, `context`).
-_NOT_SERVED = {data.FeatureData: {"summary"}, data.Neighbour: {"sae_id"}}
+# Record fields the API does not serve: a neighbour's SAE (and a co-activating feature's) is
+# the one asked about (filled in from the request, `context`).
+_NOT_SERVED = {
+    data.FeatureData: {"summary"},
+    data.Neighbour: {"sae_id"},
+    data.Coactivation: {"sae_id"},
+}
 # Record fields whose API name is not the camelCase of the field name.
 _RENAMED = {
     (data.FeatureSummary, "sae_id"): "sae",

@@ -87,6 +87,26 @@ class Neighbour:
     cosine: float = doc("Cosine similarity of the two decoder directions.")
 
 
+# -- co-activation (issue 18.1: saedex.store.coactivation) --
+
+
+@dataclass(frozen=True)
+class Coactivation:
+    """Another feature of the same SAE that fires on the same tokens as this one, counted over
+    every token of the indexed corpus; ranked by Jaccard, which does not favour dense features."""
+
+    sae_id: str = doc("The SAE both features belong to.")
+    index: int = doc("The other feature's index.")
+    count: int = doc("Tokens where both features fire.")
+    jaccard: float = doc(
+        "count / tokens where either fires (0..1): the ranking, blind to a feature's density."
+    )
+    lift: float = doc(
+        "count x counted tokens / (this feature's count x the other's): how many times more "
+        "often they fire together than independent features would (log2 of it is the PMI)."
+    )
+
+
 @dataclass(frozen=True)
 class Example:
     """One context and this feature's activation on each of its tokens."""
@@ -167,6 +187,7 @@ class FeatureData:
     interval_samples: list[IntervalSample]
     neighbours: list[Neighbour]
     explanations: list[Explanation] = field(default_factory=list)
+    coactivations: list[Coactivation] = field(default_factory=list)
 
     def _repr_html_(self) -> str:
         """Jupyter shows the feature's dashboard as the site does (saedex.notebook)."""

@@ -443,6 +443,7 @@ class _Renderer:
         examples = r.example_rows(sae_id, lo, hi, settings.shown)
         intervals = r.interval_rows(sae_id, lo, hi)
         explained = r.explanations(sae_id, list(range(lo, hi + 1)))
+        coacts = r.coactivation_rows(sae_id, lo, hi)
         features = [
             payload.from_rows(
                 row,
@@ -452,6 +453,7 @@ class _Renderer:
                 intervals.get(row[0], ()),
                 refs.__getitem__,
                 [x for x in explained.get(row[0], ()) if x.current],
+                coactivations=coacts.get(row[0], ()),
             )
             for row in r.feature_rows(sae_id, lo, hi)
         ]

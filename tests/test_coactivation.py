@@ -134,3 +134,98 @@ def test_ranking_ties_and_first_zero():
     assert zero == [(1, 1, 2), (2, 2, 2)]
     assert [r["lift"] for r in rows if r["feature"] == 0] == [2 * 8 / (4 * 2)] * 2
     assert coactivation_table(products, 8, first=0).num_rows == 0
+
+
+# -- stored by `saedex index`, and by `saedex coactivations` afterwards; every surface ----------
+
+
+def _as_rows(found: dict) -> list[tuple]:
+    return [(i, c.index, c.count) for i, cs in sorted(found.items()) for c in cs]
+
+
+def test_index_stores_them_and_the_reader_serves_them(con, reader):
+    """The run file holds each feature's top 10 (IndexConfig.coactivations), equal to a fresh
+    computation; the reader, its FeatureData and `first` agree."""
+    d_sae = reader.sae(API_SAE).d_sae
+    want = compute(con, API_SAE, first=10).to_pylist()
+    got = reader.coactivations(API_SAE, list(range(d_sae)))
+    assert _as_rows(got) == [(r["feature"], r["other"], r["count"]) for r in want]
+    flat = [c for i in range(d_sae) for c in got[i]]
+    assert [c.jaccard for c in flat] == pytest.approx([r["jaccard"] for r in want], rel=1e-6)
+    assert [c.lift for c in flat] == pytest.approx([r["lift"] for r in want], rel=1e-6)
+    busy = max(got, key=lambda i: len(got[i]))
+    assert len(got[busy]) == 10 and reader.feature(API_SAE, busy).coactivations == got[busy]
+    assert reader.coactivations(API_SAE, [busy], first=3)[busy] == got[busy][:3]
+
+
+def test_graphql_and_rest_serve_them(api_db, reader):
+    from starlette.testclient import TestClient
+
+    from saedex.api.app import create_app
+    from saedex.config import ServeConfig
+
+    busy = max(range(64), key=lambda i: len(reader.coactivations(API_SAE, [i])[i]))
+    query = (
+        'query ($i: Int!) { feature(sae: "' + API_SAE + '", index: $i) { coactivations(first: 4) '
+        "{ index count jaccard lift feature { index } } } }"
+    )
+    with TestClient(create_app(reader, ServeConfig(inference=False))) as client:
+        body = client.post("/graphql", json={"query": query, "variables": {"i": busy}}).json()
+        rest = client.get(f"/api/features/{API_SAE}/{busy}").json()
+    want = reader.coactivations(API_SAE, [busy])[busy]
+    got = body["data"]["feature"]["coactivations"]
+    assert [(c["index"], c["count"], c["feature"]["index"]) for c in got] == [
+        (c.index, c.count, c.index) for c in want[:4]
+    ]
+    assert [c["jaccard"] for c in got] == pytest.approx([c.jaccard for c in want[:4]])
+    assert [(c["index"], c["lift"]) for c in rest["coactivations"]] == [
+        (c.index, pytest.approx(c.lift)) for c in want
+    ]
+
+
+def test_command_publishes_more_beside_the_run(api_db, tmp_path):
+    """`saedex coactivations --first 15` on an index whose run stored 10: 15 per feature, the
+    run's 10 not doubled (derived files: tests/test_derived.py)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from saedex.cli import app
+    from saedex.store import IndexReader
+
+    db = tmp_path / api_db.name
+    shutil.copy(api_db, db)
+    shutil.copytree(api_db.with_name(api_db.name + ".runs"), tmp_path / (api_db.name + ".runs"))
+    result = CliRunner().invoke(
+        app, ["coactivations", "--db", str(db), "--sae", API_SAE, "--first", "15"]
+    )
+    assert result.exit_code == 0, result.output
+    with IndexReader(db) as reader, IndexReader(api_db) as before:
+        d_sae = reader.sae(API_SAE).d_sae
+        got = reader.coactivations(API_SAE, list(range(d_sae)))
+        ten = before.coactivations(API_SAE, list(range(d_sae)))
+    want = compute(connect(db), API_SAE, first=15).to_pylist()
+    assert _as_rows(got) == [(r["feature"], r["other"], r["count"]) for r in want]
+    assert max(map(len, got.values())) == 15
+    assert all(got[i][:10] == ten[i] for i in range(d_sae))
+    bad = CliRunner().invoke(app, ["coactivations", "--db", str(db), "--sae", "nope"])
+    assert bad.exit_code == 2 and "unknown SAE: 'nope'" in bad.output
+
+
+def test_site_shows_them_like_neighbours(api_db, reader, tmp_path):
+    import json
+    import re
+
+    from saedex.config import SiteConfig
+    from saedex.site.export import SiteJob, export_site
+    from saedex.site.payload import r3
+
+    out = tmp_path / "project"
+    export_site(SiteJob(api_db, API_SAE, out, SiteConfig(workers=1)), progress=False)
+    fragment = (out / "blocks" / API_SAE / "0.html").read_text()
+    raw = re.search(r'<script type="application/json" id="sx-data">(.*?)</script>', fragment, re.S)
+    features = {f["i"]: f for f in json.loads(raw.group(1))["features"]}
+    found = reader.coactivations(API_SAE, list(features))
+    for i, f in features.items():
+        assert f["ca"] == [[c.index, r3(c.jaccard), r3(c.lift), c.count] for c in found[i]]
+    assert any(f["ca"] for f in features.values())

@@ -20,6 +20,7 @@ by `shared_rows`), so the same product serves matching features across SAEs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -125,3 +126,52 @@ def compute(con: duckdb.DuckDBPyConnection, sae_id: str, first: int = 10) -> pa.
     """Every feature's top `first` co-activating features, exact over the indexed corpus."""
     acts = sparse_activations(con, sae_id)
     return coactivation_table(cofiring(acts), acts.n_counted, first)
+
+
+# -- storing them: into the run's own file (`saedex index`) or a derived file (afterwards) --
+
+
+def store_in_run(con: duckdb.DuckDBPyConnection, sae_id: str, first: int) -> int:
+    """Compute and store a run's co-activations in its own file (the indexer's connection,
+    before the run is published), replacing any from an interrupted attempt; rows written."""
+    from saedex.store.writer import insert_arrow
+
+    table = compute(con, sae_id, first) if first > 0 else None
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM coactivations WHERE sae_id = ?", [sae_id])
+        if table is not None:
+            insert_arrow(con, "coactivations", table, sae_id)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return 0 if table is None else table.num_rows
+
+
+def derived_key(sae_id: str) -> str:
+    """The catalog key of an SAE's co-activations computed after its run (one file per SAE;
+    computing them again replaces it)."""
+    return f"coactivations-{sae_id}"
+
+
+def publish(db: str | Path, sae_id: str, first: int) -> int:
+    """Compute an indexed SAE's co-activations from its complete run and publish them beside
+    it (saedex/store/derived.py: hidden once the SAE is indexed again); rows written."""
+    from saedex.store.catalog import runs_dir
+    from saedex.store.derived import publish_derived
+    from saedex.store.views import IndexView
+    from saedex.store.writer import insert_arrow
+
+    view = IndexView(Path(db))
+    try:
+        table = compute(view.con, sae_id, first)
+    finally:
+        view.close()
+
+    def fill(con: duckdb.DuckDBPyConnection) -> None:
+        insert_arrow(con, "coactivations", table, sae_id)
+
+    runs_dir(Path(db)).mkdir(exist_ok=True)  # a single-file index of an earlier saedex has none
+    publish_derived(db, derived_key(sae_id), [sae_id], fill)
+    return table.num_rows
