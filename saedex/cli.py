@@ -740,6 +740,34 @@ def match(
         )
 
 
+# -- co-activation (issue 18.1: saedex.store.coactivation) --
+
+
+@app.command()
+@user_errors
+def coactivations(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[list[str], typer.Option(help="An indexed SAE id (repeatable).")],
+    first: Annotated[
+        int,
+        typer.Option(min=1, help="Co-activating features kept per feature, ranked by Jaccard."),
+    ] = IndexConfig.coactivations,
+):
+    """Compute co-activations (exact over the indexed corpus) for SAEs indexed without them,
+    or keep more per feature; stored beside their runs (replaced by a later run)."""
+    import time
+
+    from saedex.store.coactivation import publish
+
+    for sae_id in dict.fromkeys(sae):
+        started = time.perf_counter()
+        rows = publish(db, sae_id, first)
+        console.print(
+            f"co-activations of [bold]{sae_id}[/]: {rows:,} rows (top {first} per feature) in "
+            f"{time.perf_counter() - started:.1f}s -> {db}"
+        )
+
+
 def main() -> None:
     app()
 

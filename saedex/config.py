@@ -93,6 +93,12 @@ class IndexConfig:
     hist_bins: int = setting(50, "Bins of the activation and logit histograms.", min=1)
     n_logits: int = setting(10, "Top and bottom logit-lens tokens kept per feature.", min=0)
     n_neighbours: int = setting(10, "Nearest neighbours kept per feature.", min=0)
+    coactivations: int = setting(
+        10,
+        "Co-activating features kept per feature (exact over the corpus, ranked by Jaccard; "
+        "0: none).",
+        min=0,
+    )
     sink_norm_multiple: float = setting(
         4.0,
         "Leave out tokens whose activation norm exceeds this x their context's median "

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from saedex.data import (
+    Coactivation,
     DocumentWindow,
     Example,
     Explanation,
@@ -209,6 +210,22 @@ class IndexReader:
             out[feature].append(Neighbour(sae_id, neighbour, cosine))
         return {i: out.get(i, []) for i in indices}
 
+    def coactivations(
+        self, sae_id: str, indices: list[int], first: int | None = None
+    ) -> dict[int, list[Coactivation]]:
+        """Features firing on the same tokens, by Jaccard (saedex.store.coactivation): as
+        stored by the run, or by `saedex coactivations` for runs indexed without them."""
+        rows = self._rows(  # DISTINCT: a run's own rows may also be in a derived file
+            'SELECT feature, other, "count", jaccard, lift FROM (SELECT DISTINCT * FROM '
+            "coactivations WHERE sae_id = ? AND feature IN (SELECT unnest(?)) AND rank <= ?) "
+            "ORDER BY feature, rank",
+            [sae_id, list(indices), first or 1 << 15],
+        )
+        out: dict[int, list[Coactivation]] = defaultdict(list)
+        for feature, other, count, jaccard, lift in rows:
+            out[feature].append(Coactivation(sae_id, other, count, jaccard, lift))
+        return {i: out.get(i, []) for i in indices}
+
     def top_examples(
         self, sae_id: str, indices: list[int], first: int | None = None
     ) -> dict[int, list[Example]]:
@@ -270,6 +287,7 @@ class IndexReader:
             interval_samples=self.interval_samples(sae_id, [index])[index],
             neighbours=self.neighbours(sae_id, [index])[index],
             explanations=self.explanations(sae_id, [index])[index],
+            coactivations=self.coactivations(sae_id, [index])[index],
         )
 
     def list_features(

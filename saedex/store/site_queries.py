@@ -57,6 +57,15 @@ class SiteReader(IndexReader):
             [sae_id, lo, hi],
         )
 
+    def coactivation_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
+        """feature -> [(other, jaccard, lift, count)] by rank (saedex.store.coactivation;
+        DISTINCT: the run's own rows and a later `saedex coactivations` may both hold them)."""
+        return self._by_feature(
+            'SELECT feature, other, jaccard, lift, "count" FROM (SELECT DISTINCT * FROM '
+            f"coactivations WHERE {_RANGE}) ORDER BY feature, rank",
+            [sae_id, lo, hi],
+        )
+
     def interval_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
         """feature -> [(interval, low, high, fraction)], highest interval first."""
         return self._by_feature(
