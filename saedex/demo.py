@@ -75,6 +75,7 @@ def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: boo
         store = reader.edits()
         if store is not None and store.counts(info.id).get("model"):
             console.print(f"explanations: {store.counts(info.id)['model']:,} already made")
+            show_explanations(reader, info, console)
             return
         page = reader.list_features(
             info.id, order_by="max_activation", descending=True, min_density=1e-4,
@@ -84,10 +85,36 @@ def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: boo
         model = load_language_model(ModelSpec())
         budget = ExplainConfig(time_budget_s=EXPLAIN_SECONDS)
         result = explain(reader, info.id, model, list(dict.fromkeys(features)), budget, progress)
-    console.print(
-        f"explained {result.explained:,} features in {result.seconds:.0f}s "
-        f"({result.per_minute:.1f}/min; `saedex explain` does the rest)"
-    )
+        console.print(
+            f"explained {result.explained:,} features in {result.seconds:.0f}s "
+            f"({result.per_minute:.1f}/min; `saedex explain` does the rest)"
+        )
+        show_explanations(reader, info, console)
+
+
+def show_explanations(reader, info: SaeInfo, console: Console, limit: int = 40) -> None:
+    """The model's explanations as a table beside what they explain: the feature's peak token
+    in its strongest example and its top logit-lens tokens, so a reader can judge them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    store = reader.edits()
+    made = [
+        e for e in (store.all(info.id, reader.fingerprint(info.id)) if store else [])
+        if e.source == "model" and e.current
+    ][:limit]  # fmt: skip
+    if not made:
+        return
+    indices = [e.feature for e in made]
+    tops = reader.top_examples(info.id, indices, first=1)
+    logits = reader.logits(info.id, indices, "top", 3)
+    table = Table("feature", "peak token", "promotes", "explanation (SmolLM2-135M)")
+    for e in made:
+        peak = tops[e.feature][0] if tops[e.feature] else None
+        token = repr(peak.tokens[peak.max_token_index]) if peak else ""
+        promotes = " ".join(repr(x.token) for x in logits[e.feature])
+        table.add_row(str(e.feature), Text(token), Text(promotes), Text(e.text))
+    console.print(table)
 
 
 STEER_PROMPT = "My favourite thing to do on a weekend is"
