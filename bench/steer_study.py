@@ -2,7 +2,8 @@
 
     python bench/steer_study.py --db INDEX [--sae ID] [--features 20] [--tokens 16]
         [--strengths 0,2,4,8] [--examples 10] [--threads 1] [--out docs/steering-study.svg]
-        [--json results.json]
+        [--json results.json] [--part K/N]
+    python bench/steer_study.py --merge part1.json part2.json [--out ...]
 
 INDEX is an index of the shipped SAE (`saedex index --db INDEX`, default model and corpus).
 
@@ -31,7 +32,10 @@ Strength 0 is run like the others and must equal the unsteered row exactly (chec
 
 Ablation, per feature: its `--examples` top examples from the index, the feature ablated at every
 position (saedex's `ablation_effect`), the change in log p of the token after the
-max-activation position: the share of examples where it falls, and the median change.
+max-activation position: the share of examples where it falls, and the median change. (Only
+the context up to that token is run: the model is causal, so what follows cannot change it;
+the one thing that can differ is which tokens count as attention sinks, a norm rule over the
+context, so a sink-like token would be treated as in the API only approximately.)
 
 Prints one line per feature and a summary table (markdown), writes an SVG plot; torch threads
 default to 1 (a shared machine).
@@ -96,15 +100,17 @@ def pick_features(reader, sae_id: str, n: int, lo: float = 1e-4, hi: float = 2e-
     a word (letters, 2+ characters) that appears in at least two surface forms among the top 5
     (" than", "than", " Than": the lens names one word, not a scatter of rare fragments, which
     is what the raw lens of this SAE mostly shows); ranked by the top-1 value, one per word."""
+    from saedex.steering import promoted_word
+
     info = reader.sae(sae_id)
     page = reader.list_features(sae_id, min_density=lo, max_density=hi, limit=info.d_sae)
     ranked = sorted(
-        (f for f in page.items if clear_word(f.top_logits)),
+        (f for f in page.items if promoted_word(f.top_logits)),
         key=lambda f: (-f.top_logits[0].value, f.index),
     )
     picks, seen = [], set()
     for f in ranked:
-        word = clear_word(f.top_logits)
+        word = promoted_word(f.top_logits)
         if word in seen:
             continue
         seen.add(word)
@@ -116,17 +122,6 @@ def pick_features(reader, sae_id: str, n: int, lo: float = 1e-4, hi: float = 2e-
         if len(picks) == n:
             break
     return picks
-
-
-def clear_word(logits) -> str | None:
-    """The top-1 token's word if it is one and 2+ of the top 5 are forms of it, else None."""
-    if not logits:
-        return None
-    word = logits[0].token.strip().lower()
-    if len(word) < 2 or not word.isalpha():
-        return None
-    forms = sum(e.token.strip().lower() == word for e in logits[:5])
-    return word if forms >= 2 else None
 
 
 # -- steering: one batch of rows, one KV cache -----------------------------------------------
@@ -261,7 +256,9 @@ def ablation(model, sae, reader, sae_id: str, pick: Pick, n: int, sink: float) -
         at = ex.max_token_index
         if at + 1 >= len(ex.token_ids):
             continue
-        change, _, _ = ablation_effect(model, sae, list(ex.token_ids), pick.index, at, sink, 1)
+        # causal: tokens past the next one cannot change its log-prob, so they are not run
+        prefix = list(ex.token_ids[: at + 2])
+        change, _, _ = ablation_effect(model, sae, prefix, pick.index, at, sink, 1)
         changes.append(change[at])
     return changes
 
@@ -320,8 +317,8 @@ def summary(results: list[FeatureResult], strengths) -> list[str]:
 def write_svg(results: list[FeatureResult], strengths, out: Path) -> None:
     """Two panels: top-5 log-prob gain against strength (each feature a thin line, the median
     bold, the random-direction control's median dashed); ablation's change per feature."""
-    width, height = 900, 380
-    panel = [(60, 40, 420, 280), (540, 40, 330, 280)]  # x, y, w, h
+    width, height = 920, 400
+    panel = [(60, 60, 420, 270), (560, 60, 330, 270)]  # x, y, w, h
     xs = list(range(len(strengths)))
     all_gains = [r.steer[f"{s:g}"]["gain"] for r in results for s in strengths]
     all_gains += [r.control[f"{s:g}"]["gain"] for r in results for s in strengths if s]
@@ -343,8 +340,10 @@ def write_svg(results: list[FeatureResult], strengths, out: Path) -> None:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
         '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{x0}" y="22" font-size="13">Additive steering: log p(top-5 promoted tokens) '
-        "in the completion, steered - unsteered</text>",
+        f'<text x="{x0}" y="18" font-size="13">Additive steering: gain in log p(top-5 promoted '
+        "tokens)</text>",
+        f'<text x="{x0}" y="34" fill="#555">in the generated text, steered - unsteered, mean over '
+        "steps and prompts</text>",
         f'<line x1="{x0}" y1="{py(0):.1f}" x2="{x0 + w}" y2="{py(0):.1f}" stroke="#888"/>',
         f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y0 + h}" stroke="#888"/>',
     ]
@@ -391,8 +390,8 @@ def _ablation_panel(results: list[FeatureResult], box) -> list[str]:
     n = max(1, len(results))
     step = w / n
     parts = [
-        f'<text x="{x0}" y="22" font-size="13">Ablation on its own top examples: share '
-        "where log p(next token) fell</text>",
+        f'<text x="{x0}" y="18" font-size="13">Ablation on the feature\'s top examples</text>',
+        f'<text x="{x0}" y="34" fill="#555">share where log p(token after the peak) fell</text>',
         f'<line x1="{x0}" y1="{y0 + h}" x2="{x0 + w}" y2="{y0 + h}" stroke="#888"/>',
         f'<line x1="{x0}" y1="{y0 + h / 2}" x2="{x0 + w}" y2="{y0 + h / 2}" stroke="#ccc" '
         'stroke-dasharray="3 3"/>',
@@ -427,12 +426,34 @@ def _ticks(lo: float, hi: float) -> list[float]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        for path, run in zip(args.merge, runs, strict=True):
+            print(f"{path}: {len(run['results'])} features in {run['seconds']:.0f}s, load "
+                  f"average {run['load_start'][0]:.1f} at start, {run['load_end'][0]:.1f} at end")  # fmt: skip
+        results = [from_json(r) for run in runs for r in run["results"]]
+        results.sort(key=lambda r: (-r.pick.top1_value, r.pick.index))  # the rule's order
+        report(results, runs[0]["strengths"], args.out)
+        return
+    if args.db is None:
+        raise SystemExit("give --db INDEX (or --merge the parts' JSON files)")
+    run = measure(args)
+    if args.json:
+        args.json.write_text(json.dumps(run, indent=1))
+        print(f"results: {args.json}")
+    if args.part is None:
+        report([from_json(r) for r in run["results"]], args.strengths, args.out)
+
+
+def measure(args) -> dict:
+    """Steer and ablate the picked features (those of `--part` K/N: every N-th from the K-th)."""
     torch.set_num_threads(args.threads)
     from saedex.indexer.model import load_model
     from saedex.indexer.sae import load_sae, resolve_sae
     from saedex.store import IndexReader
 
-    print(f"load average at start: {os.getloadavg()} ({os.cpu_count()} cores, torch "
+    load = os.getloadavg()
+    print(f"load average at start: {load} ({os.cpu_count()} cores, torch "
           f"{args.threads} thread(s))", flush=True)  # fmt: skip
     model, sae = load_model("default", "cpu", progress=False), load_sae(resolve_sae("default"))
     strengths = args.strengths
@@ -442,6 +463,9 @@ def main(argv=None) -> None:
         info = reader.sae(args.sae) if args.sae else reader.saes()[0]
         sink = float(info.settings.get("sink_norm_multiple", 4.0))
         picks = pick_features(reader, info.id, args.features)
+        if args.part:
+            k, n = args.part
+            picks = picks[k - 1 :: n]
         print(f"index {args.db} ({info.id}, {info.n_tokens:,} tokens); {len(picks)} features; "
               f"{len(PROMPTS)} prompts x {args.tokens} tokens; strengths {strengths}", flush=True)  # fmt: skip
         for pick in picks:
@@ -455,20 +479,32 @@ def main(argv=None) -> None:
             result.seconds = {"steering": t1 - t0, "ablation": time.perf_counter() - t1}
             results.append(result)
             print(feature_line(result, strengths), flush=True)
+    seconds = time.perf_counter() - started
+    print(f"{len(results)} features in {seconds:.0f}s; load average at end: {os.getloadavg()}")
+    return {
+        "index": str(args.db), "sae": info.id, "n_tokens": info.n_tokens, "prompts": PROMPTS,
+        "tokens": args.tokens, "strengths": strengths, "examples": args.examples,
+        "threads": args.threads, "load_start": load, "load_end": os.getloadavg(),
+        "seconds": seconds, "results": [asdict(r) for r in results],
+    }  # fmt: skip
+
+
+def from_json(row: dict) -> FeatureResult:
+    return FeatureResult(**{**row, "pick": Pick(**row["pick"])})
+
+
+def report(results: list[FeatureResult], strengths, out: Path) -> None:
+    for r in results:
+        print(feature_line(r, strengths))
     print()
     print("\n".join(summary(results, strengths)))
-    print(f"\n{len(results)} features in {time.perf_counter() - started:.0f}s; "
-          f"load average at end: {os.getloadavg()}")  # fmt: skip
-    write_svg(results, strengths, args.out)
-    print(f"plot: {args.out}")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
-        print(f"results: {args.json}")
+    write_svg(results, strengths, out)
+    print(f"plot: {out}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--db", type=Path, required=True, help="an index of the shipped SAE")
+    p.add_argument("--db", type=Path, help="an index of the shipped SAE")
     p.add_argument("--sae", help="the SAE's id in the index (default: the first)")
     p.add_argument("--features", type=int, default=20)
     p.add_argument("--tokens", type=int, default=16, help="new tokens per completion")
@@ -480,6 +516,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("docs/steering-study.svg"))
     p.add_argument("--json", type=Path, help="also write every figure as JSON")
+    p.add_argument(
+        "--part", type=lambda s: tuple(int(x) for x in s.split("/")),
+        help="K/N: only every N-th feature from the K-th (run N parts side by side, each with "
+        "--json, then --merge them)",
+    )  # fmt: skip
+    p.add_argument("--merge", type=Path, nargs="+", help="report the parts' JSON files")
     return p.parse_args(argv)
 
 

@@ -118,11 +118,29 @@ def show_explanations(reader, info: SaeInfo, console: Console, limit: int = 40) 
 
 
 STEER_PROMPT = "My favourite thing to do on a weekend is"
+STEER_MULTIPLE = 4.0  # x the feature's max activation (docs/steering.md: where steering shows)
+
+
+def steerable_features(reader, info: SaeInfo, n: int) -> list[tuple[int, float, str]]:
+    """(feature, max activation, word) of the n not-too-dense features whose logit lens names
+    one word (saedex.steering.promoted_word), strongest lens first: the rule
+    bench/steer_study.py measures, so that the example's effect can be read off the text."""
+    from saedex.steering import promoted_word
+
+    page = reader.list_features(info.id, min_density=1e-4, max_density=0.02, limit=info.d_sae)
+    named = [(f, promoted_word(f.top_logits)) for f in page.items]
+    named = sorted(((f, w) for f, w in named if w), key=lambda p: -p[0].top_logits[0].value)
+    out, seen = [], set()
+    for f, word in named:
+        if word not in seen:
+            seen.add(word)
+            out.append((f.index, f.max_activation, word))
+    return out[:n]
 
 
 def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
-    """Steer the strongest logit-lens feature on a neutral prompt and print both completions
-    (trying the next candidate if the completion does not change)."""
+    """Steer a feature whose logit lens names a word on a neutral prompt and print both
+    completions (trying the next candidate while the completion does not change)."""
     import asyncio
 
     from saedex.api.inference import InferenceEngine
@@ -131,22 +149,23 @@ def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
     from saedex.store import IndexReader
 
     with IndexReader(db) as reader:
-        page = reader.list_features(
-            info.id, order_by="max_activation", descending=True, min_density=1e-4,
-            max_density=0.02, limit=100,
-        )  # fmt: skip
-        maxima = {f.index: f.max_activation for f in page.items}
-        logits = reader.logits(info.id, list(maxima), "top", 3)
-    ranked = sorted(maxima, key=lambda i: -(logits[i][0].value if logits[i] else 0))
+        candidates = steerable_features(reader, info, 3)
+    if not candidates:
+        console.print("no feature of this index has a one-word logit lens to steer")
+        return
     engine = InferenceEngine()
-    for index in ranked[:3]:
-        edit = FeatureEdit(index, 2 * maxima[index])
+    for candidate in candidates:
+        index, max_activation, word = candidate
+        edit = FeatureEdit(index, STEER_MULTIPLE * max_activation)
         req = SteerRequest(STEER_PROMPT, (edit,), "add", 24, chat_template=False)
-        result = asyncio.run(engine.steer(info, req, 256, maxima))
+        result = asyncio.run(engine.steer(info, req, 256, {index: max_activation}))
         if result.default.text != result.steered.text:
             break
-    top = ", ".join(repr(e.token) for e in logits[index])
-    console.print(f"feature {index} promotes {top}; steering it at 2x its max activation:")
+    console.print(
+        f"feature {index}'s logit lens names {word!r}; added at {STEER_MULTIPLE:g}x its max "
+        "activation:",
+        highlight=False,
+    )
     print_steering(result)
 
 

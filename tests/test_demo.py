@@ -54,3 +54,19 @@ def test_show_explanations_prints_nothing_without_any(db):
         console = Console(record=True)
         show_explanations(reader, reader.sae(SAE), console)
     assert console.export_text() == ""
+
+
+def test_promoted_word_needs_one_word_in_two_forms():
+    from saedex.data import LogitEntry
+    from saedex.steering import promoted_word
+
+    def lens(*tokens):
+        return [LogitEntry(t, i, 1.0 - i / 10) for i, t in enumerate(tokens)]
+
+    assert promoted_word(lens(" than", "than", " please", "x", "y")) == "than"
+    assert promoted_word(lens(" Early", "er", " early", "a", "b")) == "early"
+    assert promoted_word(lens(" strugg", " affili", " enthus", "a", "b")) is None  # fragments
+    assert promoted_word(lens("s", " s", "S", "a", "b")) is None  # one letter
+    assert promoted_word(lens("?](", "?](", "a", "b", "c")) is None  # not letters
+    assert promoted_word(lens("then", "a", "b", "c", "d", " then")) is None  # 2nd past top 5
+    assert promoted_word([]) is None
