@@ -210,3 +210,28 @@ def held_by_another_process(db: Path) -> Iterator[int]:
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+# -- the store's files (docs/schema.md, "Layout"), for tests that copy or damage an index ------
+
+
+def copy_index(src: Path, dst: Path) -> Path:
+    """A copy of a whole index: its base file, runs folder and user edits, as a user copies it."""
+    import shutil
+
+    from saedex.store.catalog import runs_dir
+    from saedex.store.edits import edits_path
+
+    shutil.copy(src, dst)
+    if runs_dir(src).is_dir():
+        shutil.copytree(runs_dir(src), runs_dir(dst), ignore=shutil.ignore_patterns(".lock"))
+    if edits_path(src).exists():
+        shutil.copy(edits_path(src), edits_path(dst))
+    return dst
+
+
+def run_file(db: Path, sae_id: str) -> Path:
+    """The file holding the complete run of `sae_id` (to change its rows as a test's damage)."""
+    from saedex.store.catalog import Catalog
+
+    return Catalog(db).complete()[sae_id]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from saedex.data import public_name
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
+from tests.conftest import copy_index, run_file
 
 SAE = "sae"
 
@@ -126,9 +126,8 @@ def test_server_errors_and_unreachable_server(remote):
 
 
 def test_graphql_vectors_of_a_moved_sae_are_unavailable(client_db, tmp_path):
-    moved = tmp_path / "moved.duckdb"
-    shutil.copy(client_db, moved)
-    con = duckdb.connect(str(moved))
+    moved = copy_index(client_db, tmp_path / "moved.duckdb")
+    con = duckdb.connect(str(run_file(moved, SAE)))
     con.execute("UPDATE saes SET sae_path = ?", [str(tmp_path / "gone")])
     con.close()
     with IndexReader(moved) as r, TestClient(create_app(r, ServeConfig(inference=False))) as c:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
@@ -20,6 +19,7 @@ from saedex.indexer.pretokenized import token_documents
 from saedex.store import IndexReader
 from saedex.store.export import TABLES as EXPORTED
 from saedex.store.export import UNPARTITIONED
+from saedex.store.views import connect
 from tests.conftest import make_corpus_docs
 
 SAE = "sae"
@@ -50,7 +50,7 @@ def _index(tmp: Path, name: str, model: Path, sae: Path, corpus: Path) -> Path:
 
 
 def _tables(db: Path) -> dict[str, list[tuple]]:
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)
     try:
         out = {
             t: con.sql(f"SELECT * EXCLUDE (sae_id) FROM {t} ORDER BY ALL").fetchall()
@@ -118,7 +118,7 @@ def test_packed_rows_are_one_context_each(tmp_path, tiny_model, tiny_sae, tokeni
     corpus = tmp_path / "packed.parquet"
     pq.write_table(pa.table({"input_ids": packed}), corpus)
     db = _index(tmp_path, "packed", tiny_model, tiny_sae, corpus)
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)
     contexts = con.sql("SELECT token_ids FROM contexts ORDER BY context_id").fetchall()
     con.close()
     assert [c[0] for c in contexts] == packed

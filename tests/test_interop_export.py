@@ -21,8 +21,10 @@ from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.neuronpedia import NeuronpediaJob, export_neuronpedia, read_batches
 from saedex.store import IndexReader
+from saedex.store.derived import publish_derived
 from saedex.store.export import TABLES, export_parquet, read_table
-from tests.conftest import build_tiny_sae
+from saedex.store.views import connect
+from tests.conftest import build_tiny_sae, copy_index, run_file
 
 SAES = ("relu", "topk")
 
@@ -218,9 +220,11 @@ def test_parquet_round_trip_equals_every_table(db, tmp_path):
     from saedex.store.schema import TABLES as SCHEMA_TABLES
 
     assert set(TABLES) == set(SCHEMA_TABLES)  # a table added to the schema is exported too
+    db = copy_index(db, tmp_path / "index.duckdb")
+    publish_derived(db, "derived-rows", list(SAES), _derived_rows)  # rows in a derived file too
     out = tmp_path / "pq"
     result = export_parquet(db, out)
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)
     try:
         for table in TABLES:
             stored = con.table(table)
@@ -236,6 +240,15 @@ def test_parquet_round_trip_equals_every_table(db, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["saes"] == list(SAES)
     assert {p.name for p in (out / "activations").iterdir()} == {f"sae_id={s}" for s in SAES}
+
+
+def _derived_rows(con) -> None:
+    """A row in each table that is filled after indexing (as `saedex match` would)."""
+    a, b = SAES[0], SAES[1]
+    con.execute("INSERT INTO coactivations VALUES (?, 0, 1, 2, 3, 0.25, 1.5)", [a])
+    con.execute(
+        "INSERT INTO feature_matches VALUES (?, 0, ?, 1, 0.9, 0.8, 7, 0.5, 'parent')", [a, b]
+    )
 
 
 def test_parquet_export_of_one_sae_reads_with_pandas(db, tmp_path):
@@ -293,9 +306,8 @@ def test_reader_vectors_are_the_weights_rows(db, sae_dirs):
 
 
 def test_vectors_of_a_moved_sae_is_a_clear_error(db, sae_dirs, tmp_path):
-    moved_db = tmp_path / "index.duckdb"
-    shutil.copy(db, moved_db)
-    con = duckdb.connect(str(moved_db))
+    moved_db = copy_index(db, tmp_path / "index.duckdb")
+    con = duckdb.connect(str(run_file(moved_db, "relu")))
     con.execute("UPDATE saes SET sae_path = ? WHERE sae_id = 'relu'", [str(tmp_path / "gone")])
     con.close()
     with IndexReader(moved_db) as reader, pytest.raises(SaedexError, match="moved or deleted"):
@@ -306,9 +318,8 @@ def test_vectors_of_changed_weights_are_refused(db, sae_dirs, tmp_path):
     copied = shutil.copytree(sae_dirs["relu"], tmp_path / "sae")
     weights = load_file(str(copied / "sae_weights.safetensors"))
     save_file({**weights, "W_dec": weights["W_dec"] * 2}, str(copied / "sae_weights.safetensors"))
-    changed_db = tmp_path / "index.duckdb"
-    shutil.copy(db, changed_db)
-    con = duckdb.connect(str(changed_db))
+    changed_db = copy_index(db, tmp_path / "index.duckdb")
+    con = duckdb.connect(str(run_file(changed_db, "relu")))
     con.execute("UPDATE saes SET sae_path = ? WHERE sae_id = 'relu'", [str(copied)])
     con.close()
     with IndexReader(changed_db) as reader, pytest.raises(SaedexError, match="changed since"):
@@ -476,7 +487,7 @@ def test_coactivation_equals_brute_force(db):
 
     from saedex.store.coactivation import coactivations, cofiring
 
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)
     try:
         for sae_id in SAES:
             tokens: dict[tuple, set[int]] = defaultdict(set)

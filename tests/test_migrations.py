@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import SCHEMA_VERSION, IndexReader
+from saedex.store.catalog import runs_dir
 from saedex.store.schema import stored_version
 from tests.data.make_schema2 import SETTINGS, write_inputs
 
@@ -35,7 +37,12 @@ NOT_COMPARED = {
 
 
 def unpack(version: int, into: Path) -> Path:
+    """A stored index of that schema version (from 3 on, a base file and its runs folder)."""
     path = into / f"schema{version}.duckdb"
+    if (DATA / f"schema{version}.tar.gz").exists():
+        with tarfile.open(DATA / f"schema{version}.tar.gz") as tar:
+            tar.extractall(into, filter="data")
+        return path
     with gzip.open(DATA / f"schema{version}.duckdb.gz") as src, path.open("wb") as dst:
         shutil.copyfileobj(src, dst)
     return path
@@ -87,12 +94,13 @@ def fresh(tmp_path_factory) -> dict:
     return records(db)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_stored_old_index_upgrades_to_the_fresh_records(version, fresh, tmp_path):
     path = unpack(version, tmp_path)
-    assert version_of(path) == version
-    got = records(path)  # opening it upgrades it
-    assert version_of(path) == SCHEMA_VERSION
+    files = [path, *runs_dir(path).glob("*.duckdb")]
+    assert {version_of(f) for f in files} == {version}
+    got = records(path)  # opening it upgrades it, base file and run files
+    assert {version_of(f) for f in files} == {SCHEMA_VERSION}
     assert got == fresh
     assert records(path) == fresh  # and it opens again as it is
 
@@ -132,7 +140,7 @@ IndexReader(sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("n", [0, 1, 3, 99])
 def test_kill_inside_the_migration_leaves_the_old_file(version, n, fresh, tmp_path):
     path = unpack(version, tmp_path)

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from saedex.errors import SaedexError
+
 CATALOG_FILE = "catalog.json"
 CATALOG_FORMAT = 1
 
@@ -54,12 +56,48 @@ class Catalog:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def runs(self) -> dict[str, RunFiles]:
+    def _raw(self) -> dict:
         try:
-            raw = json.loads(self.path.read_text())
+            return json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}
-        return {sae_id: RunFiles(**files) for sae_id, files in raw["runs"].items()}
+            return {"format": CATALOG_FORMAT, "runs": {}}
+
+    def runs(self) -> dict[str, RunFiles]:
+        return _runs(self._raw())
+
+    def derived(self) -> dict[str, DerivedFile]:
+        """Every derived file (saedex/store/derived.py), current or not."""
+        return _derived(self._raw())
+
+    def snapshot(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """What readers see, from one read of the catalog: each SAE's complete run file, and
+        the derived files whose input runs are all still those (a re-indexed input hides them)."""
+        raw = self._raw()
+        runs = _runs(raw)
+        complete = {k: self.dir / f.complete for k, f in runs.items() if f.complete}
+        derived = {
+            key: self.dir / entry.file
+            for key, entry in _derived(raw).items()
+            if entry.inputs == input_names(runs, entry.inputs)
+        }
+        return complete, derived
+
+    def publish_derived(self, key: str, name: str, inputs: dict[str, str]) -> None:
+        """Make `name` the derived file of `key`, computed from the runs named in `inputs`;
+        refused (SaedexError) if one of those runs was replaced meanwhile. The file it
+        replaces is deleted."""
+        with self._update_raw() as raw:
+            current = input_names(_runs(raw), inputs)
+            if current != inputs:
+                changed = ", ".join(sorted(k for k in inputs if current[k] != inputs[k]))
+                raise SaedexError(
+                    f"SAE {changed} was indexed again meanwhile: run the command again"
+                )
+            derived = raw.setdefault("derived", {})
+            old = derived.get(key)
+            derived[key] = {"file": name, "inputs": inputs}
+        if old and old["file"] != name:
+            _remove(self.dir / old["file"])
 
     def complete(self) -> dict[str, Path]:
         """The run file of every SAE whose run is complete."""
@@ -75,7 +113,7 @@ class Catalog:
             old = runs.get(sae_id, RunFiles())
             if old.pending:
                 _remove(self.dir / old.pending)
-            name = f"{_safe(sae_id)}-{secrets.token_hex(4)}.duckdb"
+            name = new_file_name(sae_id)
             runs[sae_id] = RunFiles(old.complete, name)
         return self.dir / name
 
@@ -101,16 +139,23 @@ class Catalog:
 
     @contextlib.contextmanager
     def _update(self) -> Iterator[dict[str, RunFiles]]:
+        """The runs, read-modify-written under the lock (derived entries kept as they are)."""
+        with self._update_raw() as raw:
+            runs = _runs(raw)
+            yield runs
+            raw["runs"] = {k: v.__dict__ for k, v in sorted(runs.items())}
+
+    @contextlib.contextmanager
+    def _update_raw(self) -> Iterator[dict]:
         """Read-modify-write under an exclusive lock, replaced atomically."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            runs = self.runs()
-            yield runs
-            body = {
-                "format": CATALOG_FORMAT,
-                "runs": {k: v.__dict__ for k, v in sorted(runs.items())},
-            }
+            raw = self._raw()
+            yield raw
+            body = {"format": CATALOG_FORMAT, "runs": raw["runs"]}
+            if raw.get("derived"):
+                body["derived"] = dict(sorted(raw["derived"].items()))
             tmp = self.dir / f".catalog-{os.getpid()}.tmp"
             with tmp.open("w") as fh:
                 json.dump(body, fh, indent=1)
@@ -122,6 +167,33 @@ class Catalog:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class DerivedFile:
+    """Rows computed from complete runs (co-activations, matches across SAEs), in a file of
+    their own; `inputs` names the run file each input SAE had then ("base": the base file)."""
+
+    file: str
+    inputs: dict[str, str]
+
+
+def input_names(runs: dict[str, RunFiles], sae_ids) -> dict[str, str]:
+    """The run file readers see for each SAE now ("base" when the base file holds it)."""
+    return {k: (runs[k].complete if k in runs and runs[k].complete else "base") for k in sae_ids}
+
+
+def new_file_name(stem: str) -> str:
+    """A fresh file name in the runs folder (never reused, so readers never see a file change)."""
+    return f"{_safe(stem)}-{secrets.token_hex(4)}.duckdb"
+
+
+def _runs(raw: dict) -> dict[str, RunFiles]:
+    return {sae_id: RunFiles(**files) for sae_id, files in raw["runs"].items()}
+
+
+def _derived(raw: dict) -> dict[str, DerivedFile]:
+    return {key: DerivedFile(**entry) for key, entry in raw.get("derived", {}).items()}
 
 
 def _safe(sae_id: str) -> str:

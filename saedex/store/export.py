@@ -24,7 +24,8 @@ from pathlib import Path
 import duckdb
 
 from saedex.errors import SaedexError
-from saedex.store.schema import SCHEMA_VERSION, check_version
+from saedex.store.schema import SCHEMA_VERSION
+from saedex.store.views import connect
 
 # The public tables (docs/schema.md), in the order a reader meets them.
 TABLES = (
@@ -40,6 +41,8 @@ TABLES = (
     "intervals",
     "examples",
     "neighbours",
+    "coactivations",
+    "feature_matches",
 )
 UNPARTITIONED = {"meta", "saes", "vocab"}  # small, or keyed by model rather than SAE
 PARTITION = "sae_id"
@@ -64,9 +67,8 @@ def export_parquet(
     if not db.is_file():
         raise SaedexError(f"index file not found: {db}")
     _prepare(out, overwrite)
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)  # every complete run, upgraded if an earlier saedex wrote it
     try:
-        check_version(con, db)
         known = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
         wanted = sorted(known) if sae_ids is None else list(dict.fromkeys(sae_ids))
         missing = [s for s in wanted if s not in known]

@@ -57,7 +57,33 @@ _V2_TO_V3 = tuple(
     )
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1_TO_V2, 2: _V2_TO_V3}
+# v3 -> v4: co-activations and matches across SAEs (empty until computed; derived.py).
+_V3_TO_V4 = (
+    """
+    CREATE TABLE coactivations (
+        sae_id VARCHAR NOT NULL,
+        feature INTEGER NOT NULL,
+        rank SMALLINT NOT NULL,
+        other INTEGER NOT NULL,
+        count BIGINT NOT NULL,
+        jaccard FLOAT NOT NULL,
+        lift FLOAT NOT NULL
+    )""",
+    """
+    CREATE TABLE feature_matches (
+        sae_id VARCHAR NOT NULL,
+        feature INTEGER NOT NULL,
+        other_sae_id VARCHAR NOT NULL,
+        other_feature INTEGER NOT NULL,
+        decoder_cos FLOAT,
+        act_corr FLOAT,
+        co_count BIGINT,
+        cover FLOAT,
+        relation VARCHAR
+    )""",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1_TO_V2, 2: _V2_TO_V3, 3: _V3_TO_V4}
 
 
 def upgrade(con: duckdb.DuckDBPyConnection, path: str | Path, version: int, target: int) -> None:

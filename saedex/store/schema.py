@@ -14,7 +14,7 @@ import duckdb
 from saedex.errors import SaedexError
 from saedex.store.migrations import MIGRATIONS, upgrade
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions this saedex reads: its own, and every one it has a migration from.
 MIGRATIONS_FROM = {SCHEMA_VERSION, *MIGRATIONS}
 
@@ -151,6 +151,30 @@ TABLES: dict[str, str] = {
             neighbour INTEGER NOT NULL,
             cosine FLOAT NOT NULL
         )""",
+    # Computed from complete runs (schema 4): by `saedex index` into the run's own file, or
+    # afterwards into a derived file (saedex/store/derived.py) that readers see beside the runs.
+    "coactivations": """
+        CREATE TABLE IF NOT EXISTS coactivations (
+            sae_id VARCHAR NOT NULL,
+            feature INTEGER NOT NULL,
+            rank SMALLINT NOT NULL,
+            other INTEGER NOT NULL,
+            count BIGINT NOT NULL,
+            jaccard FLOAT NOT NULL,
+            lift FLOAT NOT NULL
+        )""",
+    "feature_matches": """
+        CREATE TABLE IF NOT EXISTS feature_matches (
+            sae_id VARCHAR NOT NULL,
+            feature INTEGER NOT NULL,
+            other_sae_id VARCHAR NOT NULL,
+            other_feature INTEGER NOT NULL,
+            decoder_cos FLOAT,
+            act_corr FLOAT,
+            co_count BIGINT,
+            cover FLOAT,
+            relation VARCHAR
+        )""",
 }
 
 # What made a run (saedex.provenance); a rerun or resume must match the first four.
@@ -166,6 +190,7 @@ PROVENANCE_COLUMNS = (
 
 # Tables a run owns rows in, in the order they are cleared when a run is replaced.
 RUN_TABLES = (
+    "coactivations",
     "examples",
     "intervals",
     "neighbours",

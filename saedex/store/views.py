@@ -61,12 +61,13 @@ class IndexView:
             stamp = self.catalog.stamp()
             if stamp == self._stamp:
                 return False
-            runs = self.catalog.complete()
-            for path in runs.values():
+            runs, current = self.catalog.snapshot()
+            derived = list(current.values())
+            for path in [*runs.values(), *derived]:
                 if path not in self._attached:
                     self._attach(path, f"run{len(self._attached)}")
             self.changed = {k for k, p in runs.items() if self._runs.get(k) != p}
-            self._define_views(runs)
+            self._define_views(runs, derived)
             self._runs, self._stamp = runs, stamp
             self.generation += 1
             return True
@@ -91,11 +92,12 @@ class IndexView:
                 rw.close()
         raise SaedexError(f"{path}: could not upgrade the index")
 
-    def _define_views(self, runs: dict[str, Path]) -> None:
-        """One view per table: the base file's rows (but runs a run file replaced) and each
-        complete run file's; each model's vocabulary from the first file that has it."""
+    def _define_views(self, runs: dict[str, Path], derived: list[Path]) -> None:
+        """One view per table: the base file's rows (but runs a run file replaced), each
+        complete run file's and each current derived file's; each model's vocabulary from the
+        first file that has it."""
         sources = [("base", _not_in("sae_id", runs))]
-        sources += [(self._attached[p], "TRUE") for p in runs.values()]
+        sources += [(self._attached[p], "TRUE") for p in [*runs.values(), *derived]]
         models: set[str] = set()
         vocab_filters = {}
         for alias, _ in sources:
@@ -113,6 +115,7 @@ class IndexView:
                 ]
                 union = " UNION ALL BY NAME ".join(parts)
                 self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {union}")
+            self.con.execute("CREATE OR REPLACE VIEW meta AS SELECT * FROM base.meta")
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")

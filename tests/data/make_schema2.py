@@ -1,5 +1,9 @@
 """How tests/data/schema2.duckdb.gz was made (then `gzip -9`) (at commit 7404fce, schema version 2).
 
+schema3.tar.gz (the store layout: base file, runs folder and catalog) was made by this script at
+commit 7405004 (schema version 3): `python tests/data/make_schema2.py /tmp/s3/schema3.duckdb`, then
+`tar czf tests/data/schema3.tar.gz -C /tmp/s3 schema3.duckdb schema3.duckdb.runs` (without .lock).
+
 schema1.duckdb.gz was made by this same script run with the saedex of commit 4a1c1e9 (schema
 version 1, dense example activations; its tests/conftest.py builds the same tiny model and SAE).
 
