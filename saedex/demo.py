@@ -138,9 +138,10 @@ def steerable_features(reader, info: SaeInfo, n: int) -> list[tuple[int, float, 
     return out[:n]
 
 
-def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
+def steering_example(db: Path, info: SaeInfo, console: Console, tries: int = 4) -> None:
     """Steer a feature whose logit lens names a word on a neutral prompt and print both
-    completions (trying the next candidate while the completion does not change)."""
+    completions: the first candidate whose word shows up in the steered text only, else the
+    first that changed the text at all."""
     import asyncio
 
     from saedex.api.inference import InferenceEngine
@@ -149,24 +150,35 @@ def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
     from saedex.store import IndexReader
 
     with IndexReader(db) as reader:
-        candidates = steerable_features(reader, info, 3)
-    if not candidates:
-        console.print("no feature of this index has a one-word logit lens to steer")
-        return
+        candidates = steerable_features(reader, info, tries)
     engine = InferenceEngine()
-    for candidate in candidates:
-        index, max_activation, word = candidate
+    changed = []
+    for index, max_activation, word in candidates:
         edit = FeatureEdit(index, STEER_MULTIPLE * max_activation)
         req = SteerRequest(STEER_PROMPT, (edit,), "add", 24, chat_template=False)
         result = asyncio.run(engine.steer(info, req, 256, {index: max_activation}))
         if result.default.text != result.steered.text:
-            break
+            changed.append((index, word, result))
+            if shows(word, result.steered.text) and not shows(word, result.default.text):
+                changed = changed[-1:]
+                break
+    if not changed:
+        console.print("no candidate feature changed the completion (see docs/steering.md)")
+        return
+    index, word, result = changed[0]
     console.print(
         f"feature {index}'s logit lens names {word!r}; added at {STEER_MULTIPLE:g}x its max "
         "activation:",
         highlight=False,
     )
     print_steering(result)
+
+
+def shows(word: str, text: str) -> bool:
+    """Whether `word` appears in `text` as (the start of) a word, any case."""
+    import re
+
+    return re.search(rf"\b{re.escape(word)}", text, re.IGNORECASE) is not None
 
 
 def serve(cfg: DemoConfig, info: SaeInfo, site_dir: Path, console: Console) -> None:

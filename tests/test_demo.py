@@ -3,7 +3,6 @@ feature's peak token and promoted tokens (the model's only, current ones, markup
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,14 @@ from rich.console import Console
 from saedex.demo import show_explanations
 from saedex.store import IndexReader
 from saedex.store.edits import NewExplanation
+from tests.conftest import copy_index
 from tests.test_explanations import SAE, built_index  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
 def db(built_index, tmp_path) -> Path:  # noqa: F811 (the fixture)
-    """A fresh copy of the index (its base file and run files), with no edits yet."""
-    shutil.copy(built_index, tmp_path / built_index.name)
-    runs = built_index.with_name(built_index.name + ".runs")
-    shutil.copytree(runs, tmp_path / runs.name, ignore=shutil.ignore_patterns(".lock"))
-    return tmp_path / built_index.name
+    """A fresh copy of the whole index, with no edits yet."""
+    return copy_index(built_index, tmp_path / "index.duckdb")
 
 
 def test_show_explanations_lists_the_models_own(db):
@@ -70,3 +67,12 @@ def test_promoted_word_needs_one_word_in_two_forms():
     assert promoted_word(lens("?](", "?](", "a", "b", "c")) is None  # not letters
     assert promoted_word(lens("then", "a", "b", "c", "d", " then")) is None  # 2nd past top 5
     assert promoted_word([]) is None
+
+
+def test_shows_finds_the_word_at_a_word_start():
+    from saedex.demo import shows
+
+    assert shows("than", "more Than ever")
+    assert shows("workshe", "the worksheets")
+    assert not shows("than", "Athanasius")
+    assert not shows("a.b", "axb")  # the word is text, not a pattern
