@@ -438,15 +438,13 @@ def main(argv=None) -> None:
     if args.db is None:
         raise SystemExit("give --db INDEX (or --merge the parts' JSON files)")
     run = measure(args)
-    if args.json:
-        args.json.write_text(json.dumps(run, indent=1))
-        print(f"results: {args.json}")
     if args.part is None:
         report([from_json(r) for r in run["results"]], args.strengths, args.out)
 
 
 def measure(args) -> dict:
-    """Steer and ablate the picked features (those of `--part` K/N: every N-th from the K-th)."""
+    """Steer and ablate the picked features (those of `--part` K/N: every N-th from the K-th),
+    rewriting `--json` after each one, so that a run stopped early keeps what it measured."""
     torch.set_num_threads(args.threads)
     from saedex.indexer.model import load_model
     from saedex.indexer.sae import load_sae, resolve_sae
@@ -458,9 +456,11 @@ def measure(args) -> dict:
     model, sae = load_model("default", "cpu", progress=False), load_sae(resolve_sae("default"))
     strengths = args.strengths
     started = time.perf_counter()
-    results = []
+    run: dict = {"tokens": args.tokens, "strengths": strengths, "examples": args.examples,
+                 "prompts": PROMPTS, "threads": args.threads, "load_start": load, "results": []}  # fmt: skip
     with IndexReader(args.db) as reader:
         info = reader.sae(args.sae) if args.sae else reader.saes()[0]
+        run |= {"index": str(args.db), "sae": info.id, "n_tokens": info.n_tokens}
         sink = float(info.settings.get("sink_norm_multiple", 4.0))
         picks = pick_features(reader, info.id, args.features)
         if args.part:
@@ -477,16 +477,14 @@ def measure(args) -> dict:
                 model, sae, reader, info.id, pick, args.examples, sink
             )
             result.seconds = {"steering": t1 - t0, "ablation": time.perf_counter() - t1}
-            results.append(result)
             print(feature_line(result, strengths), flush=True)
-    seconds = time.perf_counter() - started
-    print(f"{len(results)} features in {seconds:.0f}s; load average at end: {os.getloadavg()}")
-    return {
-        "index": str(args.db), "sae": info.id, "n_tokens": info.n_tokens, "prompts": PROMPTS,
-        "tokens": args.tokens, "strengths": strengths, "examples": args.examples,
-        "threads": args.threads, "load_start": load, "load_end": os.getloadavg(),
-        "seconds": seconds, "results": [asdict(r) for r in results],
-    }  # fmt: skip
+            run["results"].append(asdict(result))
+            run |= {"load_end": os.getloadavg(), "seconds": time.perf_counter() - started}
+            if args.json:
+                args.json.write_text(json.dumps(run, indent=1))
+    print(f"{len(picks)} features in {run['seconds']:.0f}s; load average at end: "
+          f"{run['load_end']}")  # fmt: skip
+    return run
 
 
 def from_json(row: dict) -> FeatureResult:
