@@ -249,14 +249,14 @@ def index_shard(task: ShardTask) -> int:
     left half done); returns the shard's index."""
     import torch
 
-    from saedex.indexer.indexing import _pass
+    from saedex.indexer.indexing import pass_one
 
     torch.set_num_threads(task.threads)
     model, sae = _load(task)
     with IndexWriter(task.shard.path) as writer:
         state = writer.run_state(task.sae_id)
         if state.status != STATUS_COMPLETE:
-            _pass(writer, model, sae, task.sae_id, task.config, state, False)
+            pass_one(writer, model, sae, task.sae_id, task.config, state, False)
             mark_complete(writer, task.sae_id, task.shard)
     return task.shard.index
 

@@ -357,3 +357,36 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+# -- feature splitting across widths (issue 17: saedex match) --
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """How `saedex match` relates the features of two SAEs on one hook (docs/splitting.md)."""
+
+    first: int = setting(
+        5, "Best matches kept per feature, by decoder cosine and by activation correlation.",
+        min=1, max=100,
+    )  # fmt: skip
+    parent_min_correlation: float = setting(
+        0.3,
+        "A wide feature's parent is its best-correlated narrow feature, if at least this "
+        "correlated.",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    parent_min_containment: float = setting(
+        0.5,
+        "... and if at least this share of the wide feature's tokens are the parent's.",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    clear_min_correlation: float = setting(
+        0.6, "A clear parent is at least this correlated ...", min=0.0, max=1.0
+    )
+    clear_min_containment: float = setting(
+        0.8, "... and holds at least this share of the wide feature's tokens.", min=0.0, max=1.0
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
