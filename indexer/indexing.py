@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from saedex import provenance
-from saedex.config import IndexConfig
+from saedex.config import IndexConfig, RayConfig
 from saedex.data import SaeInfo
 from saedex.errors import SaedexError
 from saedex.indexer.corpus import CorpusStats, resolve_corpus
@@ -61,6 +61,7 @@ class IndexJob:
     dtype: str | None = None
     overwrite: bool = False
     config: IndexConfig = field(default_factory=IndexConfig)
+    ray: RayConfig | None = None  # the pass's shards on Ray (saedex.indexer.sharding)
 
 
 def default_sae_id(sae_dir: Path) -> str:
@@ -249,7 +250,13 @@ def _run(targets: list[_Target], model: LoadedModel, progress: bool) -> None:
             run = _run_row(t.job, model, t.sae, t.sae_dir, t.sae_id, t.corpus_path) | t.made_of
             _plan(t.job, t.writer, model, run, t.corpus_path, progress)
             t.state = t.writer.run_state(t.sae_id)
-    _pass(targets, model, cfg, progress)
+    if targets[0].job.ray is not None:  # shards on Ray workers, merged into each run file
+        from saedex.indexer.sharding import sharded_pass
+
+        for t in targets:  # one sharded pass per SAE (a shard loads one SAE)
+            sharded_pass(t.job, t.writer, model, t.sae, t.sae_id, cfg, t.state, progress)
+    else:
+        _pass(targets, model, cfg, progress)
     for t in targets:
         _finalize(t, model, cfg, progress)
 
@@ -370,6 +377,14 @@ def _pass(targets: list[_Target], model: LoadedModel, cfg: IndexConfig, progress
                     out.commit()
                 last_commit = time.perf_counter()
             bar.advance(task, sum(len(t) for t in batch.token_ids))
+
+
+def pass_one(
+    writer: IndexWriter, model: LoadedModel, sae, sae_id: str, cfg, state, progress
+) -> None:
+    """The pass of one SAE over the contexts planned in `writer`'s file (a Ray shard's)."""
+    target = _Target(None, None, sae, sae_id, None, {}, None, state, writer)  # type: ignore[arg-type]
+    _pass([target], model, cfg, progress)
 
 
 def _check_same_plan(targets: list[_Target]) -> None:

@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saedex.config import IndexConfig, MatchConfig, ServeConfig, SiteConfig, TrainConfig
+from saedex.config import (
+    IndexConfig,
+    MatchConfig,
+    RayConfig,
+    ServeConfig,
+    SiteConfig,
+    TrainConfig,
+)
 from saedex.errors import SaedexError
 from saedex.options import config_options
 
@@ -62,10 +69,12 @@ def user_errors(fn):
 
 @app.command()
 @user_errors
+@config_options("ray_config", RayConfig)  # --ray, --shards, ...: the pass on Ray (owner: ray)
 @config_options("config", IndexConfig)
 def index(
     db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
     config: IndexConfig,
+    ray_config: RayConfig,
     model: Model = "default",
     sae: Annotated[
         list[str] | None,
@@ -92,17 +101,21 @@ def index(
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
     Several --sae of one model share the pass: the model runs once, to the deepest hook.
-    Resumable: if interrupted, run the same command again.
+    Resumable: if interrupted, run the same command again. With --ray, the pass runs as shards
+    on a Ray cluster and is merged into the same index a single process makes.
     """
     from saedex.indexer.indexing import IndexJob, run_indexes
     from saedex.memory import keep_freed_memory
 
+    if ray_config.ray is None and ray_config != RayConfig():
+        raise SaedexError("--shards and the other shard options need --ray")
+    ray = ray_config if ray_config.ray is not None else None
     saes = sae or ["default"]
     if sae_id and len(sae_id) != len(saes):
         raise SaedexError(f"{len(sae_id)} --sae-id for {len(saes)} --sae: give one per --sae")
     ids = sae_id or [None] * len(saes)
     jobs = [
-        IndexJob(model, one, corpus, db, name, device, dtype, overwrite, config)
+        IndexJob(model, one, corpus, db, name, device, dtype, overwrite, config, ray)
         for one, name in zip(saes, ids, strict=True)
     ]
     keep_freed_memory()

@@ -314,6 +314,51 @@ class ScoreConfig:
         validate(self)
 
 
+# -- sharded indexing on Ray (saedex.indexer.sharding; owner: ray) --
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how `saedex index --ray` runs the pass: shards of the planned contexts on Ray
+    workers, merged exactly into one run (docs/scale.md). Not stored with the run: the merged
+    index equals a single-process one, whatever these are."""
+
+    ray: str | None = setting(
+        None,
+        "Run the pass on Ray: 'local' (a cluster of this machine on 127.0.0.1, for this run), "
+        "'auto' (the running cluster) or a cluster address (host:port, ray://host:port).",
+    )
+    shards: int | None = setting(
+        None,
+        "Shards of the corpus's contexts, each one Ray task writing its own file "
+        "(default: twice the cluster's worker slots).",
+        min=1,
+    )
+    cpus_per_shard: float = setting(
+        1.0, "CPUs a shard's worker reserves (its torch threads).", min=0
+    )
+    gpus_per_shard: float | None = setting(
+        None,
+        "GPUs a shard's worker reserves (default: 1 when the cluster has GPUs, else 0).",
+        min=0,
+    )
+    max_retries: int = setting(
+        3,
+        "Times Ray reruns a shard whose worker died (it resumes from its last commit).",
+        min=0,
+        flag="shard-retries",
+    )
+    local_cpus: int | None = setting(
+        None,
+        "CPUs of the cluster `--ray local` starts (default: this machine's).",
+        min=1,
+        flag="ray-local-cpus",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 # -- feature splitting across widths (issue 17: saedex match) --
 
 
