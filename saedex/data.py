@@ -311,7 +311,10 @@ class MatchedFeature:
         "corpus (0 where a feature does not fire)."
     )
     cofiring: int = doc("Counted tokens where both features fire.")
-    containment: float = doc("Share of this feature's tokens where the other fires too.")
+    containment: float = doc(
+        "Share of the wider feature's tokens where the narrower one fires too (for a parent and "
+        "a child: how much of the child lies inside the parent)."
+    )
     cover: float = doc(
         "Share of the narrower feature's activation mass on tokens where the wider one fires "
         "(for a parent and a child: how much of the parent the child covers)."
