@@ -48,6 +48,11 @@ def bounds(config: ServeConfig) -> dict[str, Bound]:
         "index": Bound(0),
         "text": Bound(1, config.max_text_chars, length=True),
         "query": Bound(1, MAX_QUERY_CHARS, length=True),
+        # live steering and ablation (checked by saedex.steering.check_request and run_ablation)
+        "prompt": Bound(1, config.max_text_chars, length=True),
+        "nTokens": Bound(1, config.max_steer_new_tokens),
+        "nShifts": Bound(0, 50),
+        "temperature": Bound(0, 10),
     }
 
 

@@ -62,6 +62,7 @@ class ListSizes:
     top_k: int = IndexConfig.top_k
     n_logits: int = IndexConfig.n_logits
     n_neighbours: int = IndexConfig.n_neighbours
+    coactivations: int = IndexConfig.coactivations
     n_intervals: int = IndexConfig.n_intervals
     examples_per_interval: int = IndexConfig.examples_per_interval
     max_page_size: int = ServeConfig.max_page_size
@@ -84,6 +85,7 @@ class ListSizes:
             top_k=most("top_k"),
             n_logits=most("n_logits"),
             n_neighbours=most("n_neighbours"),
+            coactivations=most("coactivations"),
             n_intervals=most("n_intervals"),
             examples_per_interval=most("examples_per_interval"),
             max_page_size=config.max_page_size,
@@ -109,6 +111,7 @@ BOUNDS: dict[str, Bound] = {
     "Feature.topLogits": lambda s, a: s.n_logits,
     "Feature.bottomLogits": lambda s, a: s.n_logits,
     "Feature.neighbours": lambda s, a: s.n_neighbours,
+    "Feature.coactivations": lambda s, a: s.coactivations,
     "Feature.intervalSamples": lambda s, a: s.n_intervals,
     "IntervalSample.examples": lambda s, a: s.examples_per_interval,
     "ActiveFeatures.positions": lambda s, a: a.get("text") or s.max_text_chars,

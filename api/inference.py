@@ -32,50 +32,13 @@ import numpy as np
 
 from saedex.api.errors import Unavailable
 from saedex.config import IndexConfig, ServeConfig
-from saedex.data import SaeInfo
+from saedex.data import ActiveFeature, ActiveFeatures, FeatureValue, SaeInfo, TokenFeatures
 
 if TYPE_CHECKING:
     from saedex.api.live import LiveModels
 
 log = logging.getLogger("saedex.api.inference")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class FeatureValue:
-    index: int
-    value: float
-
-
-@dataclass(frozen=True)
-class TokenFeatures:
-    """One token of the text and its strongest features (none on an excluded token)."""
-
-    position: int
-    token: str
-    token_id: int
-    excluded: bool
-    features: list[FeatureValue]
-
-
-@dataclass(frozen=True)
-class ActiveFeature:
-    """A feature active somewhere on the text, with its value on every token."""
-
-    index: int
-    max_value: float
-    max_token_index: int
-    values: list[float]
-
-
-@dataclass(frozen=True)
-class ActiveFeatures:
-    sae_id: str
-    tokens: list[str]
-    token_ids: list[int]
-    excluded: list[bool]
-    positions: list[TokenFeatures]
-    features: list[ActiveFeature]
 
 
 @dataclass(frozen=True)
@@ -276,11 +239,11 @@ def summarise(sae_id: str, enc: Encoded, vocab: list[str], top_k: int) -> Active
     ]
     excluded = enc.excluded.tolist()
     return ActiveFeatures(
-        sae_id, tokens, enc.token_ids, excluded, positions, _ranked(enc, len(tokens), top_k)
+        sae_id, tokens, enc.token_ids, excluded, positions, _ranked(sae_id, enc, len(tokens), top_k)
     )
 
 
-def _ranked(enc: Encoded, n_tokens: int, top_k: int) -> list[ActiveFeature]:
+def _ranked(sae_id: str, enc: Encoded, n_tokens: int, top_k: int) -> list[ActiveFeature]:
     """The top_k features by max value (ties: lower index), each with its per-token values."""
     if not len(enc.feature):
         return []
@@ -294,6 +257,8 @@ def _ranked(enc: Encoded, n_tokens: int, top_k: int) -> list[ActiveFeature]:
         values = np.zeros(n_tokens, dtype=np.float64)
         values[enc.position[mask]] = enc.value[mask]
         out.append(
-            ActiveFeature(feature, float(enc.value[row]), int(enc.position[row]), values.tolist())
+            ActiveFeature(
+                sae_id, feature, float(enc.value[row]), int(enc.position[row]), values.tolist()
+            )
         )
     return out

@@ -15,6 +15,7 @@ import anyio.to_thread
 from strawberry.dataloader import DataLoader
 
 from saedex.data import (
+    Coactivation,
     Example,
     Explanation,
     FeatureFamily,
@@ -64,6 +65,9 @@ class Loaders:
         self.intervals: DataLoader[Key, list[IntervalSample]] = loader(reader.interval_samples)
         self.neighbours: DataLoader[Key, list[Neighbour]] = loader(_first(reader.neighbours))
         self.explanations: DataLoader[Key, list[Explanation]] = loader(reader.explanations)
+        self.coactivations: DataLoader[Key, list[Coactivation]] = loader(
+            _first(reader.coactivations)
+        )
         # (sae_id, index, "decoder" | "encoder"): rows of the SAE weights file (saedex.weights)
         self.vectors: DataLoader[Key, list[float]] = loader(reader.vectors)
         # feature splitting (issue 17): (sae_id, index, other_sae, first) and (sae_id, index)

@@ -17,6 +17,7 @@ from graphql import (
     FieldNode,
     GraphQLEnumType,
     GraphQLField,
+    GraphQLInputObjectType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
@@ -135,6 +136,40 @@ class _Walker:
         return schema
 
 
+def _input(gql_type: Any) -> dict[str, Any]:
+    """The JSON Schema of an input value of `gql_type`: null where GraphQL takes null, a list
+    as an array, an input object with its fields (required where GraphQL requires them)."""
+    if isinstance(gql_type, GraphQLNonNull):
+        return _given(gql_type.of_type)
+    return _nullable(_given(gql_type))
+
+
+def _given(gql_type: Any) -> dict[str, Any]:
+    """As `_input`, for a value that is there (not null)."""
+    if isinstance(gql_type, GraphQLList):
+        return {"type": "array", "items": _input(gql_type.of_type)}
+    if isinstance(gql_type, GraphQLInputObjectType):
+        properties = {}
+        for name, field in gql_type.fields.items():
+            properties[name] = _input(field.type)
+            if field.description:
+                properties[name]["description"] = field.description
+        required = [
+            name
+            for name, field in gql_type.fields.items()
+            if isinstance(field.type, GraphQLNonNull) and field.default_value is Undefined
+        ]
+        found = {"type": "object", "properties": properties, "required": required}
+        return found | {"additionalProperties": False}
+    return _scalar(gql_type)
+
+
+def _wire(gql_type: Any, value: Any) -> Any:
+    """A default as JSON carries it (an enum by its name)."""
+    named = gql_type.of_type if isinstance(gql_type, GraphQLNonNull) else gql_type
+    return named.serialize(value) if isinstance(named, GraphQLEnumType) else value
+
+
 def _inputs(
     schema: GraphQLSchema, endpoint: Endpoint, limits: dict[str, Bound], examples: dict[str, list]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -149,14 +184,12 @@ def _inputs(
     for definition in endpoint.operation.variable_definitions or ():
         name = definition.variable.name.value
         gql_type = type_from_ast(schema, definition.type)
-        value = dict(
-            _scalar(gql_type.of_type if isinstance(gql_type, GraphQLNonNull) else gql_type)
-        )
+        value = _given(gql_type.of_type if isinstance(gql_type, GraphQLNonNull) else gql_type)
         argument = arguments[argument_of[name]]
         if argument.description:
             value["description"] = argument.description
         if argument.default_value is not Undefined and argument.default_value is not None:
-            value["default"] = argument.default_value
+            value["default"] = _wire(argument.type, argument.default_value)
         elif isinstance(gql_type, GraphQLNonNull):
             required.append(name)
         if name in limits:
@@ -220,7 +253,12 @@ def operation(
                 for n, s in properties.items()
             ]
     else:
-        body = {"type": "object", "properties": properties, "required": required}
+        body = {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": False,
+        }
         found["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     found["responses"] = {"200": _json(response, endpoint.summary), **_errors(endpoint.method)}
     return found

@@ -81,35 +81,18 @@ def endpoints(schema: GraphQLSchema) -> list[Endpoint]:
             "{ activeFeatures(sae: $sae, text: $text, topK: $topK) "
             f"{{ {every('ActiveFeatures')} }} }}",
         ),
+        Endpoint(
+            "post",
+            "/api/steer",
+            "Default and steered completions of a prompt (live inference)",
+            "query ($sae: ID!, $prompt: String!, $features: [SteerFeatureInput!]!, "
+            "$mode: SteerMode, $nTokens: Int, $temperature: Float, $seed: Int, "
+            "$chatTemplate: Boolean, $nShifts: Int) { steer(sae: $sae, prompt: $prompt, "
+            "features: $features, mode: $mode, nTokens: $nTokens, temperature: $temperature, "
+            "seed: $seed, chatTemplate: $chatTemplate, nShifts: $nShifts) "
+            f"{{ {every('Steering')} }} }}",
+        ),
     ]
-
-
-# POST /api/steer (owner: inference) is written by hand for now: its variables include a list
-# of input objects and an enum, which the generated endpoints' OpenAPI inputs do not cover yet.
-STEER_QUERY = """
-query ($sae: ID!, $prompt: String!, $features: [SteerFeatureInput!]!, $mode: SteerMode!,
-       $nTokens: Int!, $temperature: Float!, $seed: Int!, $chatTemplate: Boolean!,
-       $nShifts: Int!) {
-  steer(sae: $sae, prompt: $prompt, features: $features, mode: $mode, nTokens: $nTokens,
-        temperature: $temperature, seed: $seed, chatTemplate: $chatTemplate,
-        nShifts: $nShifts) {
-    sae mode prompt promptTokens temperature seed
-    features { index strength value decoderNorm maxActivation }
-    default { text steps { token tokenId logprob } }
-    steered { text steps { token tokenId logprob
-      raised { token tokenId delta probability } lowered { token tokenId delta probability } } }
-  }
-}
-"""
-
-STEER_DEFAULTS = {
-    "mode": "ADD",
-    "nTokens": 32,
-    "temperature": 0.0,
-    "seed": 0,
-    "chatTemplate": False,
-    "nShifts": 5,
-}
 
 
 def error(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
@@ -132,9 +115,16 @@ def _problem(schema: dict[str, Any], value: Any, name: str | None = None) -> str
 
 
 def _integral(schema: dict[str, Any], value: Any) -> Any:
-    """A JSON number the schema's "integer" admits (3.0 is one) as the int GraphQL expects."""
+    """A JSON number the schema's "integer" admits (3.0 is one) as the int GraphQL expects,
+    inside arrays and objects too."""
+    schema = next((s for s in schema.get("anyOf", ()) if s.get("type") != "null"), schema)
     if schema.get("type") == "integer" and isinstance(value, float):
         return int(value)
+    if isinstance(value, list) and "items" in schema:
+        return [_integral(schema["items"], v) for v in value]
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        return {k: _integral(props[k], v) if k in props else v for k, v in value.items()}
     return value
 
 
@@ -155,22 +145,7 @@ class RestApi:
             Route(e.path, self.handler(e), methods=[e.method.upper()], name=e.path)
             for e in self.endpoints
         ]
-        steer = Route("/api/steer", self.steer, methods=["POST"])
-        return [*found, steer, Route("/api/openapi.json", self.openapi, methods=["GET"])]
-
-    async def steer(self, request: Request) -> Response:
-        """POST /api/steer: the body is the steer field's arguments (camelCase, `mode` as
-        ADD/CLAMP/ABLATE); GraphQL validates them, a bad one is a 4xx with its message."""
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "the request body is not valid JSON", "BAD_REQUEST")
-        if not isinstance(body, dict):
-            return _bad("the body must be a JSON object {sae, prompt, features, ...}")
-        unknown = set(body) - {"sae", "prompt", "features", *STEER_DEFAULTS}
-        if unknown:
-            return _bad(f"unknown fields: {', '.join(sorted(unknown))}")
-        return await self.run(STEER_QUERY, "steer", {**STEER_DEFAULTS, **body})
+        return [*found, Route("/api/openapi.json", self.openapi, methods=["GET"])]
 
     def handler(self, endpoint: Endpoint):
         spec = self.document["paths"][endpoint.path][endpoint.method]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import functools
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any, TypeVar
@@ -23,7 +21,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 
 from saedex import data
-from saedex.api import documents, inference, steer_schema
+from saedex.api import documents, steer_schema
 from saedex.api.bounds import MAX_QUERY_CHARS, bounds, check_unicode
 from saedex.api.context import Context
 from saedex.api.cost import ListSizes
@@ -38,23 +36,12 @@ from saedex.api.errors import (
 from saedex.api.explanations import Explanation, Mutation, explanation_of
 from saedex.api.limits import limit_extensions
 from saedex.api.records import delegating_resolvers, field_doc, record_type
-from saedex.api.scalars import SCALARS, FloatList, IntList, Long, TokenList
+from saedex.api.scalars import SCALARS, FloatList, Long
 from saedex.config import ServeConfig
 from saedex.errors import SaedexError
 
 Info = strawberry.Info[Context, None]
 T = TypeVar("T")
-
-
-def convert(cls: type[T], record: Any, **extra: Any) -> T:
-    """A strawberry type from a record with the same field names (plus `extra`)."""
-    names = [name for name in init_fields(cls) if name not in extra]
-    return cls(**{name: getattr(record, name) for name in names}, **extra)
-
-
-@functools.cache
-def init_fields(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
 def page_size(info: Info, first: int | None, default: int | None) -> int | None:
@@ -122,6 +109,19 @@ MatchedFeature = record_type(
 FeatureFamily = record_type(data.FeatureFamily, types_={"sae_id": strawberry.ID})
 
 
+def _coactivating_feature(root: strawberry.Parent[data.Coactivation], info: Info) -> Feature | None:
+    """The co-activating feature itself."""
+    return load_feature(info, root.sae_id, root.index)
+
+
+Coactivation = record_type(
+    data.Coactivation,
+    exclude=("sae_id",),
+    types_={"count": Long},
+    resolvers={"feature": _coactivating_feature},
+)
+
+
 async def _summary(root: Feature, info: Info) -> data.FeatureSummary:
     return await root.summary(info)
 
@@ -180,6 +180,17 @@ class Feature:
     async def neighbours(self, info: Info, first: int | None = None) -> list[Neighbour]:
         key = (self.sae_id, self.index, page_size(info, first, None))
         return await info.context.loaders.neighbours.load(key)
+
+    # -- co-activation (saedex.store.coactivation) --
+
+    @strawberry.field(
+        description="Features that fire on the same tokens, over the whole indexed corpus, "
+        "by Jaccard index (count and lift beside it); as many as the run stored (its "
+        "`coactivations` setting)."
+    )
+    async def coactivations(self, info: Info, first: int | None = None) -> list[Coactivation]:
+        key = (self.sae_id, self.index, page_size(info, first, None))
+        return await info.context.loaders.coactivations.load(key)
 
     # -- SAE weights (interop: saedex.weights) --
 
@@ -378,59 +389,22 @@ def ranked_matches(sae_id: str, hits: list[tuple], explained: list) -> list[Feat
     return list(matches.values())
 
 
-@strawberry.type
-class FeatureValue:
-    index: int
-    value: float
+def _sae_of(root: strawberry.Parent[Any]) -> strawberry.ID:
+    """The SAE, by id."""
+    return strawberry.ID(root.sae_id)
 
 
-@strawberry.type(description="One token of the text and its strongest features.")
-class TokenFeatures:
-    position: int
-    token: str
-    token_id: int
-    excluded: bool = strawberry.field(
-        description="Left out like the index leaves out attention sinks: no features."
-    )
-    features: list[FeatureValue]
+def _active_feature(root: strawberry.Parent[data.ActiveFeature], info: Info) -> Feature | None:
+    """The feature's indexed data."""
+    return load_feature(info, root.sae_id, root.index)
 
 
-@strawberry.type(description="A feature active on the text, with its value on every token.")
-class ActiveFeature:
-    sae_id: strawberry.Private[str]
-    index: int
-    max_value: float
-    max_token_index: int
-    values: FloatList
-
-    @strawberry.field(description="The feature's indexed data.")
-    def feature(self, info: Info) -> Feature | None:
-        return load_feature(info, self.sae_id, self.index)
-
-
-@strawberry.type(description="What an SAE finds on a text, computed live.")
-class ActiveFeatures:
-    sae: strawberry.ID
-    tokens: TokenList
-    token_ids: IntList
-    excluded: list[bool]
-    positions: list[TokenFeatures]
-    features: list[ActiveFeature]
-
-
-def active_of(result: inference.ActiveFeatures) -> ActiveFeatures:
-    positions = [
-        convert(TokenFeatures, p, features=[convert(FeatureValue, f) for f in p.features])
-        for p in result.positions
-    ]
-    features = [convert(ActiveFeature, f, sae_id=result.sae_id) for f in result.features]
-    return convert(
-        ActiveFeatures,
-        result,
-        sae=strawberry.ID(result.sae_id),
-        positions=positions,
-        features=features,
-    )
+FeatureValue = record_type(data.FeatureValue)
+TokenFeatures = record_type(data.TokenFeatures)
+ActiveFeature = record_type(
+    data.ActiveFeature, exclude=("sae_id",), resolvers={"feature": _active_feature}
+)
+ActiveFeatures = record_type(data.ActiveFeatures, exclude=("sae_id",), resolvers={"sae": _sae_of})
 
 
 # -- document windows (api/documents.py) ----------------------------------------------------
@@ -440,11 +414,6 @@ def active_of(result: inference.ActiveFeatures) -> ActiveFeatures:
 class FeatureRef:
     sae: strawberry.ID
     index: int
-
-
-def _sae_of(root: strawberry.Parent[Any]) -> strawberry.ID:
-    """The SAE, by id."""
-    return strawberry.ID(root.sae_id)
 
 
 def _window_end(root: strawberry.Parent[data.DocumentWindow]) -> int:
@@ -535,7 +504,7 @@ class Query:
     async def active_features(
         self, info: Info, sae: strawberry.ID, text: str, top_k: int = 10
     ) -> ActiveFeatures | None:
-        return active_of(await run_active(info.context, sae, text, top_k))
+        return await run_active(info.context, sae, text, top_k)
 
     # -- steering and ablation (api/steer_schema.py; owner: inference) --
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -47,6 +48,14 @@ def replicas(db: Path, workers: int):
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def feature_mix(sae_id: str, features: list[int]):
+    """api_bench's worker takes (kind, query, variables): the feature query, round the list."""
+    return (
+        ("feature", FEATURE_QUERY, {"sae": sae_id, "index": index})
+        for index in itertools.cycle(features)
+    )
+
+
 async def throughput(db: Path, sae_id: str, workers: int, args) -> tuple[float, float, float, int]:
     """(req/s, p50 ms, p99 ms, errors) of `args.concurrency` clients for `args.duration` s."""
     features = live_features(db, sae_id, 10_000, args.seed + 1)
@@ -58,11 +67,13 @@ async def throughput(db: Path, sae_id: str, workers: int, args) -> tuple[float, 
             deadline = time.perf_counter() + args.duration
             results = await asyncio.gather(
                 *(
-                    client_loop(client, sae_id, features[w :: args.concurrency], deadline)
+                    client_loop(
+                        client, feature_mix(sae_id, features[w :: args.concurrency]), deadline
+                    )
                     for w in range(args.concurrency)
                 )
             )
-    ms = [t for r in results for t in r[0]]
+    ms = [t for r in results for _, t in r[0]]
     p50, p99 = percentiles(ms)
     return len(ms) / args.duration, p50, p99, sum(r[1] for r in results)
 

@@ -1,13 +1,14 @@
-"""Bytes per token of an index's bulk data, per table, and what Parquet would take instead.
+"""Bytes per token of an index's bulk data, per file and table, exact and reduced precision.
 
-    python bench/store_bench.py [--max-tokens 30000] [--sae default] [--keep DIR]
+    python bench/store_bench.py [--max-tokens 300000] [--precision float32 bfloat16]
+                                [--sae default] [--keep DIR]
 
-Indexes the corpus with the model and SAE into a fresh store (or reuses the one in --keep) and
-prints the run file's size and each table's storage blocks, in bytes per counted token (vocab
-excluded: it is stored once per model, not per token). Then writes the run's `activations` as
-Parquet (zstd, format v2: dictionary/RLE ids, byte-stream-split floats) with exact fp32 values
-and with values rounded to bf16 and fp16, and prints their bytes per token: the measured basis
-for moving activations out of the run file (docs/schema.md, "Size").
+For each value precision, indexes the corpus with the model and SAE into a fresh store (or
+reuses the one in --keep/<precision>.duckdb) and prints what a complete run occupies on disk:
+its run file (vocab excluded: it is stored once per model, not per token) and each table's
+Parquet file (saedex/store/bulk.py), in bytes per counted token. With --duckdb RUN_FILE it also
+prints, for comparison, the tables of a run file of the earlier layout (every row in DuckDB),
+e.g. one indexed by an earlier saedex (docs/schema.md, "Size").
 """
 
 from __future__ import annotations
@@ -20,85 +21,73 @@ from pathlib import Path
 
 import duckdb
 
+from saedex.store import bulk
 from saedex.store.catalog import Catalog
 
 
-def index(db: Path, args: argparse.Namespace) -> None:
+def index(db: Path, precision: str, args: argparse.Namespace) -> None:
     cmd = [sys.executable, "-m", "saedex.cli", "index", "--db", str(db), "--sae", args.sae]
     cmd += ["--corpus", args.corpus, "--max-tokens", str(args.max_tokens), "--quiet"]
-    subprocess.run([*cmd, "--sae-id", "run"], check=True)
+    subprocess.run([*cmd, "--value-precision", precision, "--sae-id", "run"], check=True)
 
 
 def table_bytes(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Bytes of the storage blocks each table occupies (block size x distinct blocks)."""
-    block = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
+    block = con.execute("SELECT block_size FROM pragma_database_size()").fetchall()[0][0]
     out = {}
     for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
         n = con.execute(
             f"SELECT count(DISTINCT block_id) FROM pragma_storage_info('{table}') "
             "WHERE block_id >= 0"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         out[table] = n * block
     return out
 
 
-def parquet_bytes(con: duckdb.DuckDBPyConnection, out: Path) -> dict[str, int]:
-    """The activations as Parquet, token-major, with exact and rounded values."""
-    import numpy as np
-    import pyarrow as pa
-    import torch
-
-    acts = con.sql(
-        "SELECT context_id, position, feature, value FROM activations "
-        "ORDER BY context_id, position, feature"
-    ).to_arrow_table()
-    value = torch.from_numpy(acts.column("value").to_numpy())
-    sizes = {}
-    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        rounded = value if dtype is None else value.to(dtype).float()
-        table = acts.set_column(3, "value", pa.array(np.asarray(rounded), pa.float32()))
-        con.register("_acts", table)
-        path = out / f"activations-{name}.parquet"
-        con.execute(
-            f"COPY _acts TO '{path}' (FORMAT parquet, COMPRESSION zstd, PARQUET_VERSION v2)"
-        )
-        con.unregister("_acts")
-        sizes[name] = path.stat().st_size
-    return sizes
-
-
-def report(db: Path, out: Path) -> None:
-    (run_file,) = Catalog(db).complete().values()
+def run_sizes(run_file: Path) -> tuple[int, dict[str, int]]:
+    """(counted tokens, bytes per part): the run file without its vocab, and each table
+    stored in Parquet (or, for a run file of the earlier layout, in the run file)."""
     con = duckdb.connect(str(run_file), read_only=True)
-    n_tokens = con.execute("SELECT n_tokens FROM saes").fetchone()[0]
+    n_tokens = con.execute("SELECT n_tokens FROM saes").fetchall()[0][0]
     tables = table_bytes(con)
-    size = run_file.stat().st_size
-    bulk = size - tables.get("vocab", 0)
-    print(f"{n_tokens:,} tokens; run file {size / 1e6:.1f} MB, bulk {bulk / n_tokens:.1f} B/token")
-    for table, n in sorted(tables.items(), key=lambda kv: -kv[1]):
-        if n:
-            print(f"  {table:16s} {n / n_tokens:8.1f} B/token")
-    n_acts = con.execute("SELECT count(*) FROM activations").fetchone()[0]
-    print(f"activations: {n_acts:,} rows ({n_acts / n_tokens:.1f} per token); as Parquet:")
-    for name, n in parquet_bytes(con, out).items():
-        print(f"  {name}: {n / n_tokens:7.1f} B/token ({n / n_acts:.2f} B per activation)")
+    parts = {"run file (vocab excluded)": run_file.stat().st_size - tables.get("vocab", 0)}
+    if bulk.is_parquet(con):
+        for path in sorted(bulk.folder(run_file).iterdir()):
+            parts[path.name] = path.stat().st_size
+    else:
+        parts |= {f"  of which {t}": n for t, n in tables.items() if n and t != "vocab"}
     con.close()
+    return n_tokens, parts
+
+
+def report(title: str, run_file: Path) -> None:
+    n_tokens, parts = run_sizes(run_file)
+    total = sum(n for name, n in parts.items() if not name.startswith("  of which"))
+    print(f"{title}: {n_tokens:,} tokens, {total / 1e6:.1f} MB, {total / n_tokens:.1f} B/token")
+    for name, n in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {n / n_tokens:8.1f} B/token {n / 1e6:8.2f} MB")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--max-tokens", type=int, default=30_000)
+    p.add_argument("--max-tokens", type=int, default=300_000)
+    p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--sae", default="default")
     p.add_argument("--corpus", default="default")
-    p.add_argument("--keep", type=Path, help="build the store here and keep it")
+    p.add_argument("--keep", type=Path, help="build the stores here and keep them")
+    p.add_argument("--duckdb", type=Path, help="also: a run file of the earlier layout")
     args = p.parse_args()
+    if args.duckdb:
+        report("earlier layout (every table in DuckDB)", args.duckdb)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        db = root / "float32.duckdb"
-        if not Catalog(db).complete():
-            index(db, args)
-        report(db, Path(tmp))
+        for precision in args.precision:
+            db = root / f"{precision}.duckdb"
+            if not Catalog(db).complete():
+                index(db, precision, args)
+            (run_file,) = Catalog(db).complete().values()
+            report(f"{precision} values", run_file)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from saedex.indexer.model import (
 from saedex.indexer.pretokenized import corpus_contexts
 from saedex.indexer.sae import SparseAutoencoder, check_indexable, load_sae, resolve_sae
 from saedex.progress import progress_bar
-from saedex.store import IndexReader, IndexWriter
+from saedex.store import IndexReader, IndexWriter, coactivation
 from saedex.store.catalog import Catalog
 from saedex.store.layout import compact, locate_run, prepare_base, read_run_state
 from saedex.store.writer import STATUS_COMPLETE, STATUS_RUNNING, Batch, RunState
@@ -270,6 +270,9 @@ def _finalize(t: _Target, model: LoadedModel, cfg: IndexConfig, progress: bool) 
         centre=is_layernorm(model.bridge),
     )  # fmt: skip
     nbrs = neighbours(t.sae.W_dec.detach(), cfg.n_neighbours)
+    with progress_bar("step", progress) as bar:
+        bar.add_task(f"co-activations of {t.sae_id}", total=None)
+        coactivation.store_in_run(t.writer.con, t.sae_id, cfg.coactivations)  # issue 18.1
     with progress_bar("step", progress) as bar:
         bar.add_task(f"aggregating features of {t.sae_id}", total=None)
         t.writer.finalize(

@@ -138,6 +138,7 @@ def info(db: Annotated[Path, typer.Option(help="DuckDB index file.")]):
             typer.echo(
                 f"{sae.id}\t{sae.status}\t{sae.model_name}\t{sae.hook_name}\t"
                 f"d_sae={sae.d_sae}\ttokens={sae.n_tokens}\tdead={sae.dead_features}"
+                f"\tvalues={sae.settings['value_precision']}"  # store2: stored precision
             )
 
 
@@ -736,6 +737,34 @@ def match(
             f"matched [bold]{done.narrow}[/] x [bold]{done.wide}[/] in {done.seconds:.1f}s: "
             f"{done.with_parent:.1%} of live wide features have a parent, {done.clear:.1%} a "
             f"clear one; {done.rows:,} rows -> {db}"
+        )
+
+
+# -- co-activation (issue 18.1: saedex.store.coactivation) --
+
+
+@app.command()
+@user_errors
+def coactivations(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[list[str], typer.Option(help="An indexed SAE id (repeatable).")],
+    first: Annotated[
+        int,
+        typer.Option(min=1, help="Co-activating features kept per feature, ranked by Jaccard."),
+    ] = IndexConfig.coactivations,
+):
+    """Compute co-activations (exact over the indexed corpus) for SAEs indexed without them,
+    or keep more per feature; stored beside their runs (replaced by a later run)."""
+    import time
+
+    from saedex.store.coactivation import publish
+
+    for sae_id in dict.fromkeys(sae):
+        started = time.perf_counter()
+        rows = publish(db, sae_id, first)
+        console.print(
+            f"co-activations of [bold]{sae_id}[/]: {rows:,} rows (top {first} per feature) in "
+            f"{time.perf_counter() - started:.1f}s -> {db}"
         )
 
 

@@ -25,11 +25,20 @@ from typing import Any
 from saedex import data
 from saedex.errors import SaedexError
 
-# Record fields the API does not serve: explanations live in the user-edit store; a neighbour's
-# SAE is the one asked about (filled in from the request, `context`).
-_NOT_SERVED = {data.FeatureData: {"summary", "explanations"}, data.Neighbour: {"sae_id"}}
+# Record fields the API does not serve: a neighbour's SAE (and a co-activating feature's) is
+# the one asked about (filled in from the request, `context`).
+_NOT_SERVED = {
+    data.FeatureData: {"summary"},
+    data.Neighbour: {"sae_id"},
+    data.Coactivation: {"sae_id"},
+}
 # Record fields whose API name is not the camelCase of the field name.
-_RENAMED = {(data.FeatureSummary, "sae_id"): "sae"}
+_RENAMED = {
+    (data.FeatureSummary, "sae_id"): "sae",
+    (data.DocumentWindow, "sae_id"): "sae",
+    (data.WindowFeature, "sae_id"): "sae",
+    (data.Explanation, "sae_id"): "sae",
+}
 
 
 def camel(name: str) -> str:
@@ -99,6 +108,8 @@ def record(cls: type, obj: dict, context: dict | None = None, **known: Any) -> A
 _SAE = selection(data.SaeInfo)
 _SUMMARY = selection(data.FeatureSummary)
 _FEATURE = f"{_SUMMARY} {selection(data.FeatureData)}"
+_WINDOW = selection(data.DocumentWindow)
+_EXPLANATION = selection(data.Explanation)
 _ORDERS = {"index": "INDEX", "density": "DENSITY", "max_activation": "MAX_ACTIVATION"}
 
 
@@ -221,6 +232,12 @@ class Client:
         found = self._features(sae_id, indices, fields)
         return {i: [record(data.Example, e) for e in found[i]["topExamples"]] for i in found}
 
+    def explanations(self, sae_id: str, indices: list[int]) -> dict[int, list[data.Explanation]]:
+        """Each feature's explanations, current ones first, as IndexReader.explanations."""
+        found = self._features(sae_id, indices, f"explanations {{ {_EXPLANATION} }}")
+        out = {i: [record(data.Explanation, x) for x in found[i]["explanations"]] for i in found}
+        return {i: out.get(i, []) for i in indices}
+
     def vectors(
         self, sae_id: str, indices: list[int], kind: str = "decoder"
     ) -> dict[int, list[float]]:
@@ -240,6 +257,7 @@ class Client:
         min_density: float | None = None,
         max_density: float | None = None,
         top_token: str | None = None,
+        has_explanation: bool | None = None,
     ) -> data.FeaturePage:
         if order_by not in _ORDERS:
             raise SaedexError(f"cannot order features by {order_by!r}")
@@ -247,8 +265,9 @@ class Client:
         after = base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode() if offset else None
         document = (
             "query ($sae: ID!, $first: Int, $after: String, $min: Float, $max: Float, "
-            f"$token: String) {{ features(sae: $sae, first: $first, after: $after, orderBy: {order}, "
-            "minDensity: $min, maxDensity: $max, topToken: $token) { totalCount "
+            "$token: String, $explained: Boolean) { features(sae: $sae, first: $first, "
+            f"after: $after, orderBy: {order}, minDensity: $min, maxDensity: $max, "
+            "topToken: $token, hasExplanation: $explained) { totalCount "
             f"edges {{ node {{ {_SUMMARY} }} }} }} }}"
         )
         variables = {
@@ -258,6 +277,7 @@ class Client:
             "min": min_density,
             "max": max_density,
             "token": top_token,
+            "explained": has_explanation,
         }
         page = self.query(document, variables)["features"]
         items = [record(data.FeatureSummary, e["node"]) for e in page["edges"]]
@@ -274,6 +294,47 @@ class Client:
         return [
             (m["index"], m["matchedTokens"], m["exampleMatches"]) for m in found["searchFeatures"]
         ]
+
+    # -- document windows (issue 19.4) ---------------------------------------------------------
+
+    def document_window(
+        self,
+        sae_id: str,
+        features: list[int | tuple[str, int]],
+        *,
+        context_id: int | None = None,
+        position: int | None = None,
+        document_id: str | None = None,
+        offset: int = 0,
+        before: int = 64,
+        after: int = 64,
+        live: bool = False,
+    ) -> data.DocumentWindow:
+        """IndexReader.document_window from the server; `live` re-runs the model on the
+        joined window (a server with inference on)."""
+        own = [f for f in features if not isinstance(f, tuple)]
+        other = [{"sae": s, "index": i} for s, i in (f for f in features if isinstance(f, tuple))]
+        document = (
+            "query ($sae: ID!, $features: [Int!], $other: [FeatureRef!], $contextId: Int, "
+            "$position: Int, $documentId: String, $offset: Int!, $before: Int!, $after: Int!, "
+            "$live: Boolean!) { documentWindow(sae: $sae, features: $features, "
+            "otherFeatures: $other, contextId: $contextId, position: $position, "
+            "documentId: $documentId, offset: $offset, before: $before, after: $after, "
+            f"live: $live) {{ {_WINDOW} }} }}"
+        )
+        variables = {
+            "sae": sae_id,
+            "features": own,
+            "other": other,
+            "contextId": context_id,
+            "position": position,
+            "documentId": document_id,
+            "offset": offset,
+            "before": before,
+            "after": after,
+            "live": live,
+        }
+        return record(data.DocumentWindow, self.query(document, variables)["documentWindow"])
 
 
 class RemoteError(SaedexError):

@@ -67,6 +67,10 @@ def validate(config: Any) -> None:
             raise ConfigError(f.name, f"must be at most {high}, got {value}")
 
 
+# How an index may store activation values (saedex.store.precision).
+VALUE_PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """What one indexing run computes. Stored with the index; a resume must match it."""
@@ -89,6 +93,12 @@ class IndexConfig:
     hist_bins: int = setting(50, "Bins of the activation and logit histograms.", min=1)
     n_logits: int = setting(10, "Top and bottom logit-lens tokens kept per feature.", min=0)
     n_neighbours: int = setting(10, "Nearest neighbours kept per feature.", min=0)
+    coactivations: int = setting(
+        10,
+        "Co-activating features kept per feature (exact over the corpus, ranked by Jaccard; "
+        "0: none).",
+        min=0,
+    )
     sink_norm_multiple: float = setting(
         4.0,
         "Leave out tokens whose activation norm exceeds this x their context's median "
@@ -98,6 +108,13 @@ class IndexConfig:
     seed: int = setting(0, "Seed for interval sampling.")
     max_documents: int | None = setting(None, "Index only the first N documents.", min=1)
     max_tokens: int | None = setting(None, "Stop after about N corpus tokens.", min=1)
+    # -- store2: reduced-precision storage (docs/schema.md, "Size") --
+    value_precision: str = setting(
+        "float32",
+        "Stored activation values: float32 (exact) or bfloat16 (8 significant bits, "
+        "~40% smaller; statistics and examples then use the rounded values).",
+        choices=VALUE_PRECISIONS,
+    )
 
     def __post_init__(self) -> None:
         validate(self)

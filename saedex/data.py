@@ -43,7 +43,9 @@ class SaeInfo:
     n_excluded_tokens: int = doc("Attention-sink tokens left out of the statistics.")
     dead_features: int = doc("Features never active on the corpus.")
     status: str = doc("running or complete.")
-    settings: dict = doc("The run's IndexConfig, as stored.")
+    settings: dict = doc(
+        "The run's IndexConfig, as stored (value_precision: float32 for runs that predate it)."
+    )
     started_at: datetime | None = doc("When the run started.")
     finished_at: datetime | None = doc("When the run finished.")
     duration_s: float | None = doc("Seconds the run took.")
@@ -85,6 +87,26 @@ class Neighbour:
     sae_id: str = doc("The SAE both features belong to.")
     index: int = doc("The neighbouring feature's index.")
     cosine: float = doc("Cosine similarity of the two decoder directions.")
+
+
+# -- co-activation (issue 18.1: saedex.store.coactivation) --
+
+
+@dataclass(frozen=True)
+class Coactivation:
+    """Another feature of the same SAE that fires on the same tokens as this one, counted over
+    every token of the indexed corpus; ranked by Jaccard, which does not favour dense features."""
+
+    sae_id: str = doc("The SAE both features belong to.")
+    index: int = doc("The other feature's index.")
+    count: int = doc("Tokens where both features fire.")
+    jaccard: float = doc(
+        "count / tokens where either fires (0..1): the ranking, blind to a feature's density."
+    )
+    lift: float = doc(
+        "count x counted tokens / (this feature's count x the other's): how many times more "
+        "often they fire together than independent features would (log2 of it is the PMI)."
+    )
 
 
 @dataclass(frozen=True)
@@ -167,6 +189,7 @@ class FeatureData:
     interval_samples: list[IntervalSample]
     neighbours: list[Neighbour]
     explanations: list[Explanation] = field(default_factory=list)
+    coactivations: list[Coactivation] = field(default_factory=list)
 
     def _repr_html_(self) -> str:
         """Jupyter shows the feature's dashboard as the site does (saedex.notebook)."""
@@ -217,6 +240,53 @@ class DocumentWindow:
         return self.start + len(self.token_ids)
 
 
+# -- live inference (computed by api/inference.py; GraphQL types generated in api/schema.py) --
+
+
+@dataclass(frozen=True)
+class FeatureValue:
+    """A feature's activation on one token."""
+
+    index: int = doc("The feature's index in its SAE.")
+    value: float = doc("Its activation on the token.")
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """One token of the text and its strongest features."""
+
+    position: int = doc("The token's position in the text's tokens.")
+    token: str = doc("The token, decoded alone.")
+    token_id: int = doc("Its id in the model's vocabulary.")
+    excluded: bool = doc("Left out like the index leaves out attention sinks: no features.")
+    features: list[FeatureValue] = doc("Its strongest features (at most topK), strongest first.")
+
+
+@dataclass(frozen=True)
+class ActiveFeature:
+    """A feature active on the text, with its value on every token."""
+
+    sae_id: str = doc("The feature's SAE.")
+    index: int = doc("The feature's index in its SAE.")
+    max_value: float = doc("Its largest activation on the text.")
+    max_token_index: int = doc("The token where it is (the first, if several).")
+    values: list[float] = doc("Its activation on each token of the text.")
+
+
+@dataclass(frozen=True)
+class ActiveFeatures:
+    """What an SAE finds on a text, computed live."""
+
+    sae_id: str = doc("The SAE that ran.")
+    tokens: list[str] = doc("The text's tokens, each decoded alone.")
+    token_ids: list[int] = doc("Their ids in the model's vocabulary.")
+    excluded: list[bool] = doc("Per token: left out (BOS, or an attention sink by the run's rule).")
+    positions: list[TokenFeatures] = doc("Every token with its strongest features.")
+    features: list[ActiveFeature] = doc(
+        "The features with the highest max on the text (at most topK), strongest first."
+    )
+
+
 @dataclass(frozen=True)
 class FeaturePage:
     """A page of feature summaries and the total matching the filters."""
@@ -241,7 +311,10 @@ class MatchedFeature:
         "corpus (0 where a feature does not fire)."
     )
     cofiring: int = doc("Counted tokens where both features fire.")
-    containment: float = doc("Share of this feature's tokens where the other fires too.")
+    containment: float = doc(
+        "Share of the wider feature's tokens where the narrower one fires too (for a parent and "
+        "a child: how much of the child lies inside the parent)."
+    )
     cover: float = doc(
         "Share of the narrower feature's activation mass on tokens where the wider one fires "
         "(for a parent and a child: how much of the parent the child covers)."

@@ -102,6 +102,7 @@ def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: boo
         store = reader.edits()
         if store is not None and store.counts(info.id).get("model"):
             console.print(f"explanations: {store.counts(info.id)['model']:,} already made")
+            show_explanations(reader, info, console)
             return
         page = reader.list_features(
             info.id, order_by="max_activation", descending=True, min_density=1e-4,
@@ -111,18 +112,63 @@ def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: boo
         model = load_language_model(ModelSpec())
         budget = ExplainConfig(time_budget_s=EXPLAIN_SECONDS)
         result = explain(reader, info.id, model, list(dict.fromkeys(features)), budget, progress)
-    console.print(
-        f"explained {result.explained:,} features in {result.seconds:.0f}s "
-        f"({result.per_minute:.1f}/min; `saedex explain` does the rest)"
-    )
+        console.print(
+            f"explained {result.explained:,} features in {result.seconds:.0f}s "
+            f"({result.per_minute:.1f}/min; `saedex explain` does the rest)"
+        )
+        show_explanations(reader, info, console)
+
+
+def show_explanations(reader, info: SaeInfo, console: Console, limit: int = 40) -> None:
+    """The model's explanations as a table beside what they explain: the feature's peak token
+    in its strongest example and its top logit-lens tokens, so a reader can judge them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    store = reader.edits()
+    made = [
+        e for e in (store.all(info.id, reader.fingerprint(info.id)) if store else [])
+        if e.source == "model" and e.current
+    ][:limit]  # fmt: skip
+    if not made:
+        return
+    indices = [e.feature for e in made]
+    tops = reader.top_examples(info.id, indices, first=1)
+    logits = reader.logits(info.id, indices, "top", 3)
+    table = Table("feature", "peak token", "promotes", "explanation (SmolLM2-135M)")
+    for e in made:
+        peak = tops[e.feature][0] if tops[e.feature] else None
+        token = repr(peak.tokens[peak.max_token_index]) if peak else ""
+        promotes = " ".join(repr(x.token) for x in logits[e.feature])
+        table.add_row(str(e.feature), Text(token), Text(promotes), Text(e.text))
+    console.print(table)
 
 
 STEER_PROMPT = "My favourite thing to do on a weekend is"
+STEER_MULTIPLE = 4.0  # x the feature's max activation (docs/steering.md: where steering shows)
 
 
-def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
-    """Steer the strongest logit-lens feature on a neutral prompt and print both completions
-    (trying the next candidate if the completion does not change)."""
+def steerable_features(reader, info: SaeInfo, n: int) -> list[tuple[int, float, str]]:
+    """(feature, max activation, word) of the n not-too-dense features whose logit lens names
+    one word (saedex.steering.promoted_word), strongest lens first: the rule
+    bench/steer_study.py measures, so that the example's effect can be read off the text."""
+    from saedex.steering import promoted_word
+
+    page = reader.list_features(info.id, min_density=1e-4, max_density=0.02, limit=info.d_sae)
+    named = [(f, promoted_word(f.top_logits)) for f in page.items]
+    named = sorted(((f, w) for f, w in named if w), key=lambda p: -p[0].top_logits[0].value)
+    out, seen = [], set()
+    for f, word in named:
+        if word not in seen:
+            seen.add(word)
+            out.append((f.index, f.max_activation, word))
+    return out[:n]
+
+
+def steering_example(db: Path, info: SaeInfo, console: Console, tries: int = 4) -> None:
+    """Steer a feature whose logit lens names a word on a neutral prompt and print both
+    completions: the first candidate whose word shows up in the steered text only, else the
+    first that changed the text at all."""
     import asyncio
 
     from saedex.api.inference import InferenceEngine
@@ -131,23 +177,35 @@ def steering_example(db: Path, info: SaeInfo, console: Console) -> None:
     from saedex.store import IndexReader
 
     with IndexReader(db) as reader:
-        page = reader.list_features(
-            info.id, order_by="max_activation", descending=True, min_density=1e-4,
-            max_density=0.02, limit=100,
-        )  # fmt: skip
-        maxima = {f.index: f.max_activation for f in page.items}
-        logits = reader.logits(info.id, list(maxima), "top", 3)
-    ranked = sorted(maxima, key=lambda i: -(logits[i][0].value if logits[i] else 0))
+        candidates = steerable_features(reader, info, tries)
     engine = InferenceEngine()
-    for index in ranked[:3]:
-        edit = FeatureEdit(index, 2 * maxima[index])
+    changed = []
+    for index, max_activation, word in candidates:
+        edit = FeatureEdit(index, STEER_MULTIPLE * max_activation)
         req = SteerRequest(STEER_PROMPT, (edit,), "add", 24, chat_template=False)
-        result = asyncio.run(engine.steer(info, req, 256, maxima))
+        result = asyncio.run(engine.steer(info, req, 256, {index: max_activation}))
         if result.default.text != result.steered.text:
-            break
-    top = ", ".join(repr(e.token) for e in logits[index])
-    console.print(f"feature {index} promotes {top}; steering it at 2x its max activation:")
+            changed.append((index, word, result))
+            if shows(word, result.steered.text) and not shows(word, result.default.text):
+                changed = changed[-1:]
+                break
+    if not changed:
+        console.print("no candidate feature changed the completion (see docs/steering.md)")
+        return
+    index, word, result = changed[0]
+    console.print(
+        f"feature {index}'s logit lens names {word!r}; added at {STEER_MULTIPLE:g}x its max "
+        "activation:",
+        highlight=False,
+    )
     print_steering(result)
+
+
+def shows(word: str, text: str) -> bool:
+    """Whether `word` appears in `text` as (the start of) a word, any case."""
+    import re
+
+    return re.search(rf"\b{re.escape(word)}", text, re.IGNORECASE) is not None
 
 
 def serve(cfg: DemoConfig, info: SaeInfo, site_dir: Path, console: Console) -> None:

@@ -55,7 +55,7 @@ class MatchRow:
     cosine: float  # of the decoder rows
     correlation: float  # Pearson r of the activations over every counted token
     cofiring: int  # tokens where both fire
-    containment: float  # share of this feature's tokens where the other fires too
+    containment: float  # share of the wide feature's tokens where the narrow one fires too
     cover: float  # share of the narrow feature's activation mass on tokens where the wide fires
     relation: str | None  # PARENT, CHILD or None
     clear: bool  # the relation is a clear parent / child
@@ -276,13 +276,12 @@ class _Pairs:
             scale = self.mn.std[p] * self.mw.std[w]
             means = (self.mn.total[p] / self.n) * (self.mw.total[w] / self.n)
             both, mass, r = 0, 0.0, float(-means / scale) if scale else 0.0
-        mine = self.mn if forward else self.mw
         return MatchRow(
             sae_id, i, other_id, j,
             cosine=float(self.dec_n[p] @ self.dec_w[w]),
             correlation=r,
             cofiring=both,
-            containment=both / mine.n[i] if mine.n[i] else 0.0,
+            containment=both / self.mw.n[w] if self.mw.n[w] else 0.0,
             cover=float(mass / self.mn.total[p]) if self.mn.total[p] else 0.0,
             relation=relation,
             clear=clear,

@@ -160,3 +160,17 @@ class Ablation:
     logprob_change: list[float]
     raised: list[TokenShift]
     lowered: list[TokenShift]
+
+
+def promoted_word(top_logits: list) -> str | None:
+    """The word a feature's logit lens names, if it names one: the top-1 promoted token is a
+    word of 2+ letters and at least two of the top 5 are forms of it (case, leading space:
+    " than", "than", " Than"). Features like these are the ones whose steering can be read off
+    the text; the raw lens of an SAE is often a scatter of rare word fragments instead."""
+    if not top_logits:
+        return None
+    word = top_logits[0].token.strip().lower()
+    if len(word) < 2 or not word.isalpha():
+        return None
+    forms = sum(e.token.strip().lower() == word for e in top_logits[:5])
+    return word if forms >= 2 else None

@@ -442,6 +442,8 @@ class _Renderer:
         nbrs = r.neighbour_rows(sae_id, lo, hi)
         examples = r.example_rows(sae_id, lo, hi, settings.shown)
         intervals = r.interval_rows(sae_id, lo, hi)
+        explained = r.explanations(sae_id, list(range(lo, hi + 1)))
+        coacts = r.coactivation_rows(sae_id, lo, hi)
         features = [
             payload.from_rows(
                 row,
@@ -450,6 +452,8 @@ class _Renderer:
                 examples,
                 intervals.get(row[0], ()),
                 refs.__getitem__,
+                [x for x in explained.get(row[0], ()) if x.current],
+                coactivations=coacts.get(row[0], ()),
             )
             for row in r.feature_rows(sae_id, lo, hi)
         ]

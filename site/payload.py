@@ -10,6 +10,7 @@ One feature, keys kept short (65k features a site):
     h / lh  activation and logit-lens histograms as [edges, counts],
     tl / bl top and bottom logit-lens tokens as [[token id, value]],
     nb      neighbours as [[index, cosine]],
+    ca      co-activating features as [[index, jaccard, lift, count]] (saedex.store.coactivation),
     ex      top examples as [[context ref, max position, max value, [positions], [values]]],
     iv      intervals as [[low, high, fraction, [examples as in ex]]],
     xp      explanations as [[text, source, author, method, {score name: value}]],
@@ -58,6 +59,10 @@ def example_entry(ref: int, max_pos: int, max_act: float, positions, values) -> 
     return [ref, max_pos, r3(max_act), list(positions), [r3(v) for v in values]]
 
 
+def coactivation_entry(index: int, jaccard: float, lift: float, count: int) -> list:
+    return [index, r3(jaccard), r3(lift), count]
+
+
 def explanation_entry(x: Explanation) -> list:
     return [x.text, x.source, x.author, x.method, {k: r3(v) for k, v in x.scores.items()}]
 
@@ -70,6 +75,7 @@ def from_rows(
     intervals: Sequence[tuple],
     ref: Callable[[int], int],
     explanations: Sequence[Explanation] = (),
+    coactivations: Sequence[tuple] = (),
 ) -> dict:
     """One feature from the site reader's rows; `ref` maps a context id to its reference."""
     index = row[0]
@@ -88,6 +94,7 @@ def from_rows(
     ]
     out["xp"] = [explanation_entry(x) for x in explanations]
     out["mt"] = []
+    out["ca"] = [coactivation_entry(*c) for c in coactivations]
     return out
 
 
@@ -143,4 +150,7 @@ def from_feature(data: FeatureData) -> tuple[dict, list[list], dict[int, str]]:
     ]
     feature["xp"] = [explanation_entry(x) for x in data.explanations]
     feature["mt"] = []
+    feature["ca"] = [
+        coactivation_entry(c.index, c.jaccard, c.lift, c.count) for c in data.coactivations
+    ]
     return feature, contexts, vocab

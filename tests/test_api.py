@@ -638,6 +638,7 @@ def test_openapi_document(client):
         "/api/saes",
         "/api/features/{sae}/{index}",
         "/api/active-features",
+        "/api/steer",
         "/api/explanations",
         "/api/explanations/{id}",
     }

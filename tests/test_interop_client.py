@@ -134,3 +134,41 @@ def test_graphql_vectors_of_a_moved_sae_are_unavailable(client_db, tmp_path):
         body = c.post("/graphql", json={"query": '{ feature(sae: "sae", index: 1) { decoder } }'})
     (err,) = body.json()["errors"]
     assert err["extensions"]["code"] == "UNAVAILABLE" and "moved or deleted" in err["message"]
+
+
+def test_document_window_equals_the_reader(remote, reader):
+    """Across context boundaries, by example or by document, and errors as one line."""
+    example = reader.top_examples(SAE, [3], first=1)[3][0]
+    at = {"context_id": example.context_id, "position": example.max_token_index}
+    for kwargs in (at | {"before": 60, "after": 60}, {"document_id": example.document_id}):
+        want = reader.document_window(SAE, [3, (SAE, 5)], **kwargs)
+        assert remote.document_window(SAE, [3, (SAE, 5)], **kwargs) == want
+    assert len(want.context_starts) > 1  # the tiny corpus's documents span several contexts
+    with pytest.raises(SaedexError, match="live inference is off"):
+        remote.document_window(SAE, [3], **at, live=True)
+    with pytest.raises(SaedexError, match="no feature 999"):
+        remote.document_window(SAE, [999], **at)
+
+
+def test_explanations_and_their_filter_equal_the_reader(remote, reader, client_db):
+    """Explanations written while the server runs (the user-edit store) reach the client as
+    the reader's records, in its order, and `has_explanation` filters the listing alike."""
+    from saedex.store.edits import EditStore, NewExplanation, edits_path
+
+    fingerprint = reader.fingerprint(SAE)
+    with EditStore(edits_path(client_db)) as store:
+        store.add(SAE, NewExplanation(2, "Commas in lists", "human", "ann"), fingerprint)
+        store.add(SAE, NewExplanation(2, "Older take", "import", None, "np"), "old-weights")
+        store.add(
+            SAE,
+            NewExplanation(6, "Capitals", "model", "tiny", "default", {"fuzz": 0.7}),
+            fingerprint,
+        )
+    got = remote.explanations(SAE, [2, 6, 9])
+    assert got == reader.explanations(SAE, [2, 6, 9])
+    assert [x.text for x in got[2]] == ["Commas in lists", "Older take"] and got[9] == []
+    assert remote.feature(SAE, 6) == reader.feature(SAE, 6)
+    for explained in (True, False):
+        page = remote.list_features(SAE, limit=100, has_explanation=explained)
+        assert page == reader.list_features(SAE, limit=100, has_explanation=explained)
+    assert [s.index for s in remote.list_features(SAE, has_explanation=True).items] == [2, 6]

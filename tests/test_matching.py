@@ -123,6 +123,8 @@ def test_correlation_cosine_and_cover_equal_brute_force(planted):
         assert r.correlation == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-6)
         assert r.cofiring == int(((x > 0) & (y > 0)).sum())
         narrow_x, wide_y = (x, y) if r.sae_id == "narrow" else (y, x)
+        both = ((x > 0) & (y > 0)).sum()
+        assert r.containment == pytest.approx(both / (wide_y > 0).sum(), abs=1e-12)
         assert r.cover == pytest.approx(narrow_x[wide_y > 0].sum() / narrow_x.sum(), abs=1e-9)
         va, vb = (dec_a, dec_b) if r.sae_id == "narrow" else (dec_b, dec_a)
         u, v = va[r.feature], vb[r.other_feature]

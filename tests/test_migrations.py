@@ -20,9 +20,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from saedex.config import IndexConfig
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
-from saedex.store import SCHEMA_VERSION, IndexReader
+from saedex.store import SCHEMA_VERSION, IndexReader, coactivation
 from saedex.store.catalog import runs_dir
 from saedex.store.schema import stored_version
 from tests.data.make_schema2 import SETTINGS, write_inputs
@@ -80,6 +81,10 @@ def records_of(path: Path, sae_id: str) -> dict:
     with IndexReader(path) as reader:
         info = reader.sae(sae_id)
         features = [reader.feature(sae_id, i) for i in range(info.d_sae)]
+        # a setting newer than the stored files (co-activations: `saedex coactivations` there)
+        info = dataclasses.replace(
+            info, settings={k: v for k, v in info.settings.items() if k != "coactivations"}
+        )
         page = reader.list_features(sae_id, "density", True, limit=64)
         return rounded({"sae": info, "features": features, "page": page})
 
@@ -94,14 +99,18 @@ def fresh(tmp_path_factory) -> dict:
     return records(db)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_stored_old_index_upgrades_to_the_fresh_records(version, fresh, tmp_path):
     path = unpack(version, tmp_path)
     files = [path, *runs_dir(path).glob("*.duckdb")]
     assert {version_of(f) for f in files} == {version}
     got = records(path)  # opening it upgrades it, base file and run files
     assert {version_of(f) for f in files} == {SCHEMA_VERSION}
-    assert got == fresh
+    assert all(f["coactivations"] == [] for f in got["features"])  # none stored then
+    with IndexReader(path) as reader:
+        (info,) = reader.saes()
+    coactivation.publish(path, info.id, IndexConfig().coactivations)  # saedex coactivations
+    assert records(path) == fresh
     assert records(path) == fresh  # and it opens again as it is
 
 
@@ -140,7 +149,7 @@ IndexReader(sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize("n", [0, 1, 3, 99])
 def test_kill_inside_the_migration_leaves_the_old_file(version, n, fresh, tmp_path):
     path = unpack(version, tmp_path)

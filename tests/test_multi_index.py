@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,8 @@ from saedex.config import IndexConfig
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index, run_indexes
 from saedex.store.catalog import Catalog
+from saedex.store.layout import read_run_state
+from saedex.store.views import connect
 from tests.conftest import build_tiny_sae
 from tests.test_resume import dump
 
@@ -38,7 +41,18 @@ def separate(tiny_model, saes, tiny_corpus, tmp_path_factory):
     db = tmp_path_factory.mktemp("separate") / "index.duckdb"
     for job in jobs(tiny_model, saes, tiny_corpus, db):
         run_index(job, False)
-    return dump(db)
+    return db, dump(db)
+
+
+def counters(db) -> list[tuple]:
+    con = connect(db)
+    try:
+        return con.execute(
+            "SELECT sae_id, status, n_contexts, contexts_done, n_tokens, n_excluded_tokens, "
+            "dead_features FROM saes ORDER BY sae_id"
+        ).fetchall()
+    finally:
+        con.close()
 
 
 def test_one_pass_equals_separate_runs_table_by_table(tiny_model, saes, tiny_corpus, tmp_path,
@@ -48,7 +62,7 @@ def test_one_pass_equals_separate_runs_table_by_table(tiny_model, saes, tiny_cor
     assert [i.id for i in infos] == ["a", "b"]
     assert [i.hook_name for i in infos] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     together = dump(db)
-    for table, rows in separate.items():
+    for table, rows in separate[1].items():
         assert together[table] == rows, table
     assert len(together["activations"]) > 0 and len(together["excluded_tokens"]) > 0
     assert set(Catalog(db).complete()) == {"a", "b"}
@@ -68,8 +82,9 @@ def test_one_pass_runs_the_model_once_per_batch(tiny_model, saes, tiny_corpus, t
 
 def test_one_pass_resumes_runs_at_different_points(tiny_model, saes, tiny_corpus, tmp_path,
                                                    separate, monkeypatch):  # fmt: skip
-    """`a` was killed after two batches, `b` never started, `c` is complete: one command
-    finishes the first two and leaves the third as it is."""
+    """`a` was killed after two batches (6 contexts: the shared pass's second batch holds
+    contexts 4-7, of which `a` takes only 6 and 7), `b` never started, `c` is complete: one
+    command finishes the first two and leaves the third as it is."""
     db = tmp_path / "index.duckdb"
     run_index(IndexJob(str(tiny_model), str(saes["b"]), str(tiny_corpus), db, "c", config=CFG),
               False)  # fmt: skip
@@ -83,16 +98,21 @@ def test_one_pass_resumes_runs_at_different_points(tiny_model, saes, tiny_corpus
         return real(*args, **kwargs)
 
     monkeypatch.setattr(indexing, "encode_resid", killed_at_third_batch)
-    with pytest.raises(KeyboardInterrupt):
-        run_index(jobs(tiny_model, saes, tiny_corpus, db, ["a"])[0], False)
+    with pytest.raises(KeyboardInterrupt):  # batches of 3: `a` stops inside a batch of 4
+        killed = IndexJob(str(tiny_model), str(saes["a"]), str(tiny_corpus), db, "a",
+                          config=dataclasses.replace(CFG, batch_size=3))  # fmt: skip
+        run_index(killed, False)
     monkeypatch.setattr(indexing, "encode_resid", real)
     assert Catalog(db).pending("a") is not None
+    assert read_run_state(Catalog(db).pending("a"), "a").contexts_done == 6
     more = [*jobs(tiny_model, saes, tiny_corpus, db),
             IndexJob(str(tiny_model), str(saes["b"]), str(tiny_corpus), db, "c", config=CFG)]  # fmt: skip
     run_indexes(more, False)
     rows = dump(db)
-    for table, expected in separate.items():
-        assert [r for r in rows[table] if "c" not in r[:1]] == expected, table
+    for table, expected in separate[1].items():
+        if table != "saes":  # `a`'s row keeps the batch size it was started with
+            assert [r for r in rows[table] if "c" not in r[:1]] == expected, table
+    assert counters(db)[:2] == counters(separate[0])
 
 
 def test_one_pass_refuses_mixed_inputs(tiny_model, saes, tiny_corpus, tmp_path):

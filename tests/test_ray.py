@@ -33,7 +33,7 @@ TIMING = {"started_at", "finished_at", "duration_s"}
 NOT_INDEXED = {"coactivations"}  # run tables that later commands fill, not `saedex index`
 # Small contexts, batches of 2 and a commit per batch: many shards' worth of batches, and a
 # sink rule that leaves tokens out, so every table has rows.
-CONFIG = IndexConfig(context_size=24, batch_size=2, commit_interval_s=0, sink_norm_multiple=1.3)
+CONFIG = IndexConfig(context_size=24, batch_size=2, commit_interval_s=0.0, sink_norm_multiple=1.3)
 
 
 # -- without a cluster ------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def test_ray_options_reach_the_job(monkeypatch):
     seen = {}
 
     def fake_run(jobs, progress):
-        (seen["job"],) = jobs
+        seen["job"] = jobs[0]
         raise KeyboardInterrupt
 
     monkeypatch.setattr("saedex.indexer.indexing.run_indexes", fake_run)

@@ -294,6 +294,42 @@ def test_explanations_join_search_and_lead_the_page():
     )
 
 
+def _copy_index(db: Path, folder: Path) -> Path:
+    """The index (base file and run files) copied, so a test may add to it."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(db, folder / db.name)
+    shutil.copytree(db.with_name(db.name + ".runs"), folder / (db.name + ".runs"))
+    return folder / db.name
+
+
+def test_site_shows_current_explanations(tmp_path, site_db):
+    """On the feature page's data (its top), in listings and in the search shards; one made
+    for other weights of the SAE is left out."""
+    from saedex.store.edits import EditStore, NewExplanation, edits_path
+
+    db = _copy_index(site_db, tmp_path / "index")
+    with IndexReader(db) as reader:
+        fingerprint = reader.fingerprint(SAE)
+    with EditStore(edits_path(db)) as store:
+        store.add(SAE, NewExplanation(3, "Mentions of Zanzibar <i>spice</i>", "human"), fingerprint)
+        store.add(SAE, NewExplanation(4, "Obsolete wording", "human"), "other-weights")
+    out = tmp_path / "project"
+    export_site(SiteJob(db, SAE, out, SITE), progress=False)
+    fragment = (out / "blocks" / SAE / f"{3 // PER}.html").read_text()
+    raw = re.search(r'<script type="application/json" id="sx-data">(.*?)</script>', fragment, re.S)
+    block = json.loads(raw.group(1))
+    xp = {f["i"]: f["xp"] for f in block["features"]}
+    assert xp[3] == [["Mentions of Zanzibar <i>spice</i>", "human", None, None, {}]]
+    assert xp[4] == [] and xp[5] == []
+    listing = (out / "docs" / SAE / "list" / "index-1.md").read_text()
+    assert "Mentions of Zanzibar &lt;i&gt;spice&lt;&#47;i&gt;".replace("&#47;", "/") in listing
+    assert "Obsolete" not in listing
+    terms = _terms(out / "docs", SAE)
+    assert terms["zanzibar"] == [[3, 4]] and "obsolete" not in terms
+
+
 # -- escaping ----------------------------------------------------------------------------------
 
 

@@ -236,12 +236,34 @@ def test_rest_steer(client):
     got = ok.json()
     assert got["mode"] == "ABLATE" and got["default"]["steps"] and got["steered"]["steps"]
     bad = client.post("/api/steer", json={"sae": SAE, "prompt": "x", "features": [], "n": 1})
-    assert bad.status_code == 422 and "unknown fields: n" in bad.json()["error"]
+    assert bad.status_code == 422 and "'n' was unexpected" in bad.json()["error"]
+    extra = {"sae": SAE, "prompt": "x", "features": [{"index": 1, "stren": 2}]}
+    bad = client.post("/api/steer", json=extra)
+    assert bad.status_code == 422 and "features.0: " in bad.json()["error"]
     nan = client.post(
         "/api/steer",
         json={"sae": SAE, "prompt": "x", "features": [{"index": 999999}], "nTokens": 4},
     )
     assert nan.status_code == 422 and "unknown feature" in nan.json()["error"]
+
+
+def test_rest_steer_is_in_the_openapi_document(client):
+    """POST /api/steer is generated like the other routes (issue 12.7): its answer and its
+    errors validate against the document, whose body schema holds the input objects."""
+    import jsonschema
+
+    doc = client.get("/api/openapi.json").json()
+    spec = doc["paths"]["/api/steer"]["post"]
+    body = spec["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["sae", "prompt", "features"]
+    assert body["properties"]["mode"]["enum"] == ["ADD", "CLAMP", "ABLATE"]
+    assert body["properties"]["features"]["items"]["required"] == ["index"]
+    request = {"sae": SAE, "prompt": "the fox", "features": [{"index": 2.0, "strength": 8}]}
+    for status, payload in ((200, {**request, "nTokens": 4}), (404, {**request, "sae": "x"})):
+        response = client.post("/api/steer", json=payload)
+        assert response.status_code == status, response.text
+        schema = spec["responses"][str(status)]["content"]["application/json"]["schema"]
+        jsonschema.validate(response.json(), {**schema, "components": doc["components"]})
 
 
 def test_graphql_ablation(client):

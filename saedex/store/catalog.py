@@ -18,14 +18,21 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from saedex.errors import SaedexError
+from saedex.store import bulk
 
 CATALOG_FILE = "catalog.json"
 CATALOG_FORMAT = 1
+# Replaced run files wait this long before they are deleted: a reader reads a compacted run's
+# Parquet files by path, so a run it still reads (until its next refresh, at most
+# views.POLL_S later, plus the query in flight) must still be there.
+RETIRED_FILE = "retired.json"
+RETIRE_S = 600.0
 
 
 def runs_dir(db: Path) -> Path:
@@ -115,16 +122,33 @@ class Catalog:
                 _remove(self.dir / old.pending)
             name = new_file_name(sae_id)
             runs[sae_id] = RunFiles(old.complete, name)
+            self._retire([])  # what was retired long enough ago goes
         return self.dir / name
 
     def publish(self, sae_id: str) -> None:
-        """Make the pending run the one readers see; the run it replaces is deleted (readers
-        that still have it attached keep reading it until they refresh)."""
+        """Make the pending run the one readers see; the run it replaces is retired (deleted
+        `RETIRE_S` later: readers that still read it, until their next refresh, keep working)."""
         with self._update() as runs:
             old = runs[sae_id]
             runs[sae_id] = RunFiles(old.pending, None)
-        if old.complete:
-            _remove(self.dir / old.complete)
+            self._retire([old.complete] if old.complete else [])
+
+    def _retire(self, names: list[str]) -> None:
+        """Record replaced run files in `retired.json` and delete those retired `RETIRE_S`
+        ago or more (called under the catalog's lock)."""
+        path = self.dir / RETIRED_FILE
+        try:
+            retired = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            retired = []
+        now = time.time()
+        retired += [{"file": name, "at": now} for name in names]
+        for entry in [e for e in retired if now - e["at"] >= RETIRE_S]:
+            _remove(self.dir / entry["file"])
+            retired.remove(entry)
+        tmp = path.with_name(f".retired-{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(retired, indent=1))
+        os.replace(tmp, path)
 
     def abandon(self, sae_id: str) -> None:
         """Forget a pending run (and its file)."""
@@ -201,6 +225,8 @@ def _safe(sae_id: str) -> str:
 
 
 def _remove(path: Path) -> None:
+    """A run file, its WAL and its Parquet tables (saedex.store.bulk)."""
     for p in (path, path.with_name(path.name + ".wal")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    bulk.remove(path)

@@ -12,34 +12,21 @@ not a batch. Per pair (i, j), with n_i, n_j the features' counts and N the count
            feature firing everywhere co-fires with everything, but its union is large too);
 - lift     c_ij N / (n_i n_j), how much more often they co-fire than independent features
            would (log2 of it is the PMI).
+
+`cofiring` takes one run's SparseActivations (A^T A) or two runs' (A^T B, their tokens paired
+by `shared_rows`), so the same product serves matching features across SAEs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from saedex.errors import SaedexError
-
-
-@dataclass(frozen=True)
-class Coactivation:
-    """Another feature that fires on the same tokens as this one."""
-
-    index: int
-    count: int
-    jaccard: float
-    lift: float
-
-
-def cofiring(con: duckdb.DuckDBPyConnection, sae_id: str):
-    """(A^T A as a scipy CSR matrix [d_sae, d_sae] of co-firing counts, counted tokens N)."""
-    acts = sparse_activations(con, sae_id)
-    _, token = np.unique(acts.tokens, return_inverse=True)
-    matrix = acts.matrix(token, int(token.max()) + 1 if len(token) else 0)
-    return (matrix.T @ matrix).tocsr(), acts.n_counted
 
 
 @dataclass(frozen=True)
@@ -77,7 +64,7 @@ def sparse_activations(con: duckdb.DuckDBPyConnection, sae_id: str) -> SparseAct
         np.asarray(acts["feature"], dtype=np.int64),
         np.asarray(acts["value"], dtype=np.float64),
         row[0],
-        _counted_tokens(con, sae_id),
+        counted_tokens(con, sae_id),
     )
 
 
@@ -89,38 +76,102 @@ def shared_rows(*runs: SparseActivations) -> tuple[list[np.ndarray], int]:
     return [inverse[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], len(union)
 
 
-def _counted_tokens(con: duckdb.DuckDBPyConnection, sae_id: str) -> int:
-    """Tokens the pass counted (density's denominator): n_active / density of any live feature."""
-    row = con.execute(
-        "SELECT n_active / density FROM features WHERE sae_id = ? AND density > 0 LIMIT 1",
-        [sae_id],
-    ).fetchone()
-    return round(row[0]) if row else 0
+def counted_tokens(con: duckdb.DuckDBPyConnection, sae_id: str) -> int:
+    """Tokens the run counted (lift's N; density's denominator), from its `saes` row: known
+    during the pass too, before the per-feature tables exist."""
+    row = con.execute("SELECT n_tokens FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
+    return int(row[0] or 0) if row else 0
 
 
-def top_coactivations(products, n_counted: int, first: int = 10) -> dict[int, list[Coactivation]]:
-    """The `first` partners of every feature by Jaccard (ties: more tokens, lower index)."""
+def cofiring(left: SparseActivations, right: SparseActivations | None = None):
+    """Co-firing counts as a scipy CSR matrix [left.d_sae, right.d_sae]: entry (i, j) is the
+    number of tokens where left's feature i and right's feature j both fire (right defaults
+    to left: A^T A, whose diagonal is each feature's own count)."""
+    runs = (left,) if right is None else (left, right)
+    rows, n_rows = shared_rows(*runs)
+    a = left.matrix(rows[0], n_rows)
+    b = a if right is None else right.matrix(rows[1], n_rows)
+    return (a.T @ b).tocsr()
+
+
+def coactivation_table(products, n_counted: int, first: int = 10) -> pa.Table:
+    """The `first` partners of every feature by Jaccard (ties: more tokens, then the lower
+    index), from A^T A, as rows (feature, rank from 1, other, count, jaccard, lift)."""
+    products = products.tocsr()
     counts = products.diagonal().astype(np.float64)
-    out: dict[int, list[Coactivation]] = {}
-    for i in range(products.shape[0]):
-        start, stop = products.indptr[i], products.indptr[i + 1]
-        others = products.indices[start:stop]
-        both = products.data[start:stop].astype(np.float64)
-        keep = others != i
-        others, both = others[keep], both[keep]
-        jaccard = both / (counts[i] + counts[others] - both)
-        order = np.lexsort((others, -both, -jaccard))[:first]
-        lift = both[order] * n_counted / (counts[i] * counts[others[order]])
-        out[i] = [
-            Coactivation(int(o), int(c), float(j), float(lf))
-            for o, c, j, lf in zip(others[order], both[order], jaccard[order], lift, strict=True)
-        ]
-    return out
+    feature = np.repeat(np.arange(products.shape[0], dtype=np.int64), np.diff(products.indptr))
+    other = products.indices.astype(np.int64)
+    keep = (feature != other) & (products.data > 0)
+    feature, other = feature[keep], other[keep]
+    both = products.data[keep].astype(np.float64)
+    jaccard = both / (counts[feature] + counts[other] - both)
+    order = np.lexsort((other, -both, -jaccard, feature))
+    ranked = feature[order]
+    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked)  # 0 for each one's best
+    pick, rank = order[rank < first], rank[rank < first]
+    f, o, c = feature[pick], other[pick], both[pick]
+    return pa.table(
+        {
+            "feature": pa.array(f, pa.int32()),
+            "rank": pa.array(rank + 1, pa.int16()),
+            "other": pa.array(o, pa.int32()),
+            "count": pa.array(c.astype(np.int64), pa.int64()),
+            "jaccard": pa.array(jaccard[pick], pa.float64()),
+            "lift": pa.array(c * n_counted / (counts[f] * counts[o]), pa.float64()),
+        }
+    )
 
 
-def coactivations(
-    con: duckdb.DuckDBPyConnection, sae_id: str, first: int = 10
-) -> dict[int, list[Coactivation]]:
+def compute(con: duckdb.DuckDBPyConnection, sae_id: str, first: int = 10) -> pa.Table:
     """Every feature's top `first` co-activating features, exact over the indexed corpus."""
-    products, n_counted = cofiring(con, sae_id)
-    return top_coactivations(products, n_counted, first)
+    acts = sparse_activations(con, sae_id)
+    return coactivation_table(cofiring(acts), acts.n_counted, first)
+
+
+# -- storing them: into the run's own file (`saedex index`) or a derived file (afterwards) --
+
+
+def store_in_run(con: duckdb.DuckDBPyConnection, sae_id: str, first: int) -> int:
+    """Compute and store a run's co-activations in its own file (the indexer's connection,
+    before the run is published), replacing any from an interrupted attempt; rows written."""
+    from saedex.store.writer import insert_arrow
+
+    table = compute(con, sae_id, first) if first > 0 else None
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM coactivations WHERE sae_id = ?", [sae_id])
+        if table is not None:
+            insert_arrow(con, "coactivations", table, sae_id)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return 0 if table is None else table.num_rows
+
+
+def derived_key(sae_id: str) -> str:
+    """The catalog key of an SAE's co-activations computed after its run (one file per SAE;
+    computing them again replaces it)."""
+    return f"coactivations-{sae_id}"
+
+
+def publish(db: str | Path, sae_id: str, first: int) -> int:
+    """Compute an indexed SAE's co-activations from its complete run and publish them beside
+    it (saedex/store/derived.py: hidden once the SAE is indexed again); rows written."""
+    from saedex.store.catalog import runs_dir
+    from saedex.store.derived import publish_derived
+    from saedex.store.views import IndexView
+    from saedex.store.writer import insert_arrow
+
+    view = IndexView(Path(db))
+    try:
+        table = compute(view.con, sae_id, first)
+    finally:
+        view.close()
+
+    def fill(con: duckdb.DuckDBPyConnection) -> None:
+        insert_arrow(con, "coactivations", table, sae_id)
+
+    runs_dir(Path(db)).mkdir(exist_ok=True)  # a single-file index of an earlier saedex has none
+    publish_derived(db, derived_key(sae_id), [sae_id], fill)
+    return table.num_rows

@@ -120,10 +120,13 @@ def stored_span(
         if 0 <= at < width and position >= doc.bos:
             excluded[at] = True
     if features:
+        # features as literals: the filter then reaches the scan (a compacted run's
+        # activations are stored feature-major; saedex.store.bulk)
+        listed = ", ".join(str(int(f)) for f in features)
         for context_id, position, feature, value in rows(
             "SELECT context_id, position, feature, value FROM activations "
-            "WHERE sae_id = ? AND context_id BETWEEN ? AND ? AND feature = ANY(?)",
-            [doc.sae_id, lo, hi, list(features)],
+            f"WHERE sae_id = ? AND context_id BETWEEN ? AND ? AND feature IN ({listed})",
+            [doc.sae_id, lo, hi],
         ):
             at = offset_of[context_id] + position - start
             if 0 <= at < width:

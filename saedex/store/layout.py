@@ -12,10 +12,15 @@ from pathlib import Path
 
 import duckdb
 
+from saedex.store import bulk
 from saedex.store.catalog import Catalog
 from saedex.store.connection import open_db
 from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
 from saedex.store.writer import RunState, run_state
+
+# Block size of a compacted run file: it keeps only small tables (DuckDB's default, 256 KiB,
+# would spend a block on each).
+_RUN_BLOCK = 16_384
 
 
 def prepare_base(db: Path) -> None:
@@ -66,17 +71,34 @@ def locate_run(db: Path, sae_id: str) -> tuple[Path | None, RunState | None]:
 
 
 def compact(path: Path) -> None:
-    """Rewrite a finished run file in full: every table compressed whole, no free blocks left
-    by the pass's many small commits. Written beside it, then renamed over it: a kill leaves
-    the complete run as it was, and the next run of the command compacts and publishes it."""
+    """Rewrite a finished run once, for good: its bulk tables as Parquet files beside it
+    (saedex/store/bulk.py), the run file itself kept small (its `saes` row, its model's
+    vocabulary, empty bulk tables, `meta.bulk = parquet`; 16 KiB blocks). A file with no bulk
+    rows (a derived file) is only rewritten, with no free blocks left. The Parquet folder
+    is complete before the new run file is renamed over the old one: a kill leaves the
+    complete run as it was, and the next run of the command compacts and publishes it."""
     tmp = path.with_name(path.name + ".compact")
     for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
         stale.unlink(missing_ok=True)
     con = duckdb.connect()
     try:
+        con.execute("SET enable_progress_bar = false")  # the indexer shows its own progress
         con.execute(f"ATTACH '{_quote(path)}' AS src (READ_ONLY)")
-        con.execute(f"ATTACH '{_quote(tmp)}' AS dst")
-        con.execute("COPY FROM DATABASE src TO dst")
+        if bulk.is_parquet(con, "src."):
+            return  # compacted already (killed before the catalog published it)
+        moved = bulk.has_rows(con, "src")  # a derived file has none: it stays all DuckDB
+        if moved:
+            bulk.write_tables(con, "src", path)
+        con.execute(f"ATTACH '{_quote(tmp)}' AS dst (BLOCK_SIZE {_RUN_BLOCK})")
+        con.execute("COPY FROM DATABASE src TO dst (SCHEMA)")
+        tables = con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src'"
+        ).fetchall()
+        for (table,) in tables:
+            if not (moved and table in bulk.STORED):
+                con.execute(f"INSERT INTO dst.{table} SELECT * FROM src.{table}")
+        if moved:
+            con.execute("INSERT INTO dst.meta VALUES (?, ?)", [bulk.BULK_KEY, bulk.BULK_PARQUET])
         con.execute("DETACH dst")
     finally:
         con.close()

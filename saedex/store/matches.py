@@ -7,7 +7,7 @@ A narrow feature with children also gets one FAMILY row per wide SAE (`other_fea
 `co_count` its number of children, `cover` the share of its activation mass on tokens where any
 child fires), as the table has no column of its own for it. Whether a relation is *clear* is
 not stored either: it is read from the stored correlation and containment (co_count / n_active
-of the wide feature) against MatchConfig's thresholds.
+of the pair's wider feature) against MatchConfig's thresholds.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def feature_matches(
         [sae_id, list(indices), other, other, first or 1 << 30],
     )
     out: dict[int, list[MatchedFeature]] = defaultdict(list)
+    width = saes[sae_id].d_sae if sae_id in saes else 0
     for row in rows:
         if row[1] in saes:
-            out[row[0]].append(_match(row, saes))
+            out[row[0]].append(_match(row, saes, width))
     return {i: out.get(i, []) for i in indices}
 
 
@@ -95,6 +96,7 @@ def families(
     wider one (narrowest SAE first; children by cover)."""
     rows = query(_SELECT + "AND m.relation IS NOT NULL", [sae_id, list(indices)])
     width = {k: v.d_sae for k, v in saes.items()}
+    own = width.get(sae_id, 0)
     found: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if row[1] in saes:
@@ -109,24 +111,26 @@ def families(
         covers = {r[1]: r[6] for r in got.get(FAMILY, [])}
         wider = list(dict.fromkeys(r[1] for r in children))
         out[i] = FeatureFamily(
-            sae_id, i, saes[sae_id].d_sae if sae_id in saes else 0,
-            [_match(r, saes) for r in parents], [_match(r, saes) for r in children],
+            sae_id, i, own, [_match(r, saes, own) for r in parents],
+            [_match(r, saes, own) for r in children],
             [covers.get(s, 0.0) for s in wider],
         )  # fmt: skip
     return out
 
 
-def _match(row: tuple, saes: dict[str, SaeInfo]) -> MatchedFeature:
+def _match(row: tuple, saes: dict[str, SaeInfo], width: int) -> MatchedFeature:
+    """A row as a record; `width` is the matched feature's own SAE's d_sae."""
     cfg = _THRESHOLDS
     _, other, index, cos, corr, both, cover, relation, mine, theirs = row
-    child_tokens = mine if relation == PARENT else theirs  # the wide feature's token count
+    # containment is of the pair's wider feature: a parent's child, else the wider SAE's
+    other_wider = relation == CHILD or (relation != PARENT and saes[other].d_sae >= width)
+    wide_tokens = theirs if other_wider else mine
+    containment = both / wide_tokens if wide_tokens else 0.0
     clear = (
         relation in (PARENT, CHILD)
         and corr >= cfg.clear_min_correlation
-        and bool(child_tokens)
-        and both / child_tokens >= cfg.clear_min_containment
+        and containment >= cfg.clear_min_containment
     )
     return MatchedFeature(
-        other, index, saes[other].d_sae, cos, corr, both, both / mine if mine else 0.0, cover,
-        relation, bool(clear),
-    )  # fmt: skip
+        other, index, saes[other].d_sae, cos, corr, both, containment, cover, relation, clear
+    )

@@ -83,7 +83,19 @@ _V3_TO_V4 = (
     )""",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1_TO_V2, 2: _V2_TO_V3, 3: _V3_TO_V4}
+# v4 -> v5: a complete run may keep its bulk tables in Parquet files beside its run file
+# (`meta.bulk = 'parquet'`, saedex/store/bulk.py), its own tables then empty. A file of an
+# earlier version keeps every row in its tables and is read as it is: nothing to rewrite. The
+# version changes so that an earlier saedex refuses such a store instead of reading the empty
+# tables of its compacted runs.
+_V4_TO_V5: tuple[str, ...] = ()
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _V1_TO_V2,
+    2: _V2_TO_V3,
+    3: _V3_TO_V4,
+    4: _V4_TO_V5,
+}
 
 
 def upgrade(con: duckdb.DuckDBPyConnection, path: str | Path, version: int, target: int) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from saedex.data import (
+    Coactivation,
     DocumentWindow,
     Example,
     Explanation,
@@ -33,6 +34,7 @@ from saedex.fingerprint import sae_fingerprint
 from saedex.store import documents, matches
 from saedex.store.deadline import interruptible
 from saedex.store.edits import EditStore, edits_path
+from saedex.store.precision import EXACT
 from saedex.store.views import IndexView
 from saedex.weights import feature_vectors, indexed_weights
 
@@ -160,8 +162,8 @@ class IndexReader:
     def summaries(self, sae_id: str, indices: list[int]) -> dict[int, FeatureSummary]:
         rows = self._rows(
             "SELECT feature, n_active, density, max_activation, mean_activation, skew, kurtosis "
-            "FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?)) ",
-            [sae_id, list(indices)],
+            f"FROM features WHERE sae_id = ? AND feature IN ({_listed(indices)}) ",
+            [sae_id],
         )
         top = self.logits(sae_id, [r[0] for r in rows], "top")
         return {
@@ -176,9 +178,9 @@ class IndexReader:
         vocab = self._vocab_for(sae_id)
         rows = self._rows(
             "SELECT feature, token_id, value FROM feature_logits "
-            "WHERE sae_id = ? AND kind = ? AND feature IN (SELECT unnest(?)) AND rank <= ? "
+            f"WHERE sae_id = ? AND kind = ? AND feature IN ({_listed(indices)}) AND rank <= ? "
             "ORDER BY feature, rank",
-            [sae_id, kind, list(indices), first or 1 << 15],
+            [sae_id, kind, first or 1 << 15],
         )
         out: dict[int, list[LogitEntry]] = defaultdict(list)
         for feature, token_id, value in rows:
@@ -189,8 +191,8 @@ class IndexReader:
         """(activation histogram, logit histogram) per feature."""
         rows = self._rows(
             "SELECT feature, hist_edges, hist_counts, logit_hist_edges, logit_hist_counts "
-            "FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-            [sae_id, list(indices)],
+            f"FROM features WHERE sae_id = ? AND feature IN ({_listed(indices)})",
+            [sae_id],
         )
         return {r[0]: (Histogram(r[1], r[2]), Histogram(r[3], r[4])) for r in rows}
 
@@ -199,13 +201,29 @@ class IndexReader:
     ) -> dict[int, list[Neighbour]]:
         rows = self._rows(
             "SELECT feature, neighbour, cosine FROM neighbours "
-            "WHERE sae_id = ? AND feature IN (SELECT unnest(?)) AND rank <= ? "
+            f"WHERE sae_id = ? AND feature IN ({_listed(indices)}) AND rank <= ? "
             "ORDER BY feature, rank",
-            [sae_id, list(indices), first or 1 << 15],
+            [sae_id, first or 1 << 15],
         )
         out: dict[int, list[Neighbour]] = defaultdict(list)
         for feature, neighbour, cosine in rows:
             out[feature].append(Neighbour(sae_id, neighbour, cosine))
+        return {i: out.get(i, []) for i in indices}
+
+    def coactivations(
+        self, sae_id: str, indices: list[int], first: int | None = None
+    ) -> dict[int, list[Coactivation]]:
+        """Features firing on the same tokens, by Jaccard (saedex.store.coactivation): as
+        stored by the run, or by `saedex coactivations` for runs indexed without them."""
+        rows = self._rows(  # DISTINCT: a run's own rows may also be in a derived file
+            'SELECT feature, other, "count", jaccard, lift FROM (SELECT DISTINCT * FROM '
+            "coactivations WHERE sae_id = ? AND feature IN (SELECT unnest(?)) AND rank <= ?) "
+            "ORDER BY feature, rank",
+            [sae_id, list(indices), first or 1 << 15],
+        )
+        out: dict[int, list[Coactivation]] = defaultdict(list)
+        for feature, other, count, jaccard, lift in rows:
+            out[feature].append(Coactivation(sae_id, other, count, jaccard, lift))
         return {i: out.get(i, []) for i in indices}
 
     def top_examples(
@@ -228,9 +246,9 @@ class IndexReader:
             examples[(row[0], row[1])].append(_example(row, vocab))
         rows = self._rows(
             "SELECT feature, interval, low, high, fraction FROM intervals "
-            "WHERE sae_id = ? AND feature IN (SELECT unnest(?)) "
+            f"WHERE sae_id = ? AND feature IN ({_listed(indices)}) "
             "ORDER BY feature, interval DESC",
-            [sae_id, list(indices)],
+            [sae_id],
         )
         out: dict[int, list[IntervalSample]] = defaultdict(list)
         for feature, interval, low, high, fraction in rows:
@@ -244,13 +262,12 @@ class IndexReader:
     ) -> list[tuple]:
         """Example rows with their context's document and tokens (from the context cache: a
         join with `contexts` would scan its token lists on every call)."""
-        single = len(indices) == 1
         rows = self._rows(
             "SELECT e.feature, e.interval, e.context_id, e.active_positions, e.active_values, "
             "       e.max_activation, e.max_position FROM examples e "
-            f"WHERE e.sae_id = ? AND e.feature {'= ?' if single else '= ANY(?)'} AND {where} "
+            f"WHERE e.sae_id = ? AND e.feature IN ({_listed(indices)}) AND {where} "
             "ORDER BY e.feature, e.interval, e.rank",
-            [sae_id, indices[0] if single else list(indices), *params],
+            [sae_id, *params],
         )
         contexts = self.contexts(sae_id, {r[2] for r in rows})
         return [(f, i, c, *contexts[c], *rest) for f, i, c, *rest in rows]
@@ -270,6 +287,7 @@ class IndexReader:
             interval_samples=self.interval_samples(sae_id, [index])[index],
             neighbours=self.neighbours(sae_id, [index])[index],
             explanations=self.explanations(sae_id, [index])[index],
+            coactivations=self.coactivations(sae_id, [index])[index],
         )
 
     def list_features(
@@ -428,7 +446,7 @@ class IndexReader:
         """Cache the contexts that examples show (as many as the cache holds), in one query, so
         a server's first requests do not pay for misses. Returns how many were cached."""
         condition = (
-            "c.context_id IN (SELECT DISTINCT context_id FROM examples WHERE sae_id = ?) "
+            "c.context_id IN (SELECT DISTINCT context_id FROM example_keys WHERE sae_id = ?) "
             "ORDER BY c.context_id LIMIT ?"
         )
         return len(self._fetch_contexts(sae_id, condition, [sae_id, self.context_cache_size]))
@@ -495,12 +513,12 @@ class IndexReader:
                 SELECT c.context_id FROM contexts c, toks
                 WHERE c.sae_id = $sae
                   AND c.context_id IN (
-                      SELECT context_id FROM examples WHERE sae_id = $sae AND kind = 'top')
+                      SELECT context_id FROM example_keys WHERE sae_id = $sae AND kind = 'top')
                   AND contains(lower(array_to_string(
                       list_transform(c.token_ids, lambda i: toks.t[i + 1]), '')), lower($q))
             ),
             example_hits AS (
-                SELECT feature, count(*) AS n FROM examples
+                SELECT feature, count(*) AS n FROM example_keys
                 WHERE sae_id = $sae AND kind = 'top'
                   AND context_id IN (SELECT context_id FROM ctx_hits)
                 GROUP BY feature
@@ -517,6 +535,7 @@ class IndexReader:
 def _sae(row: tuple) -> SaeInfo:
     values = list(row)
     values[18] = json.loads(values[18])
+    values[18].setdefault("value_precision", EXACT)  # runs before the setting stored float32
     return SaeInfo(*values)
 
 
@@ -535,3 +554,10 @@ def _example(row: tuple, vocab: list[str]) -> Example:
         max_activation=max_act,
         max_token_index=max_pos,
     )
+
+
+def _listed(indices) -> str:
+    """Feature indices as SQL literals (integers, checked): a constant filter reaches the scan
+    of a compacted run's Parquet files, even through the `examples` view's join, and skips
+    their other row groups (saedex.store.bulk); a list parameter does neither."""
+    return ", ".join(str(int(i)) for i in indices) or "NULL"

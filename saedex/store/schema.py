@@ -14,7 +14,7 @@ import duckdb
 from saedex.errors import SaedexError
 from saedex.store.migrations import MIGRATIONS, upgrade
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Versions this saedex reads: its own, and every one it has a migration from.
 MIGRATIONS_FROM = {SCHEMA_VERSION, *MIGRATIONS}
 

@@ -57,6 +57,15 @@ class SiteReader(IndexReader):
             [sae_id, lo, hi],
         )
 
+    def coactivation_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
+        """feature -> [(other, jaccard, lift, count)] by rank (saedex.store.coactivation;
+        DISTINCT: the run's own rows and a later `saedex coactivations` may both hold them)."""
+        return self._by_feature(
+            'SELECT feature, other, jaccard, lift, "count" FROM (SELECT DISTINCT * FROM '
+            f"coactivations WHERE {_RANGE}) ORDER BY feature, rank",
+            [sae_id, lo, hi],
+        )
+
     def interval_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
         """feature -> [(interval, low, high, fraction)], highest interval first."""
         return self._by_feature(
@@ -89,7 +98,7 @@ class SiteReader(IndexReader):
     def example_context_ids(self, sae_id: str) -> list[int]:
         """Every context some example shows, in id order (the site stores only these)."""
         rows = self._rows(
-            "SELECT DISTINCT context_id FROM examples WHERE sae_id = ? ORDER BY context_id",
+            "SELECT DISTINCT context_id FROM example_keys WHERE sae_id = ? ORDER BY context_id",
             [sae_id],
         )
         return [r[0] for r in rows]

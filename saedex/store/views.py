@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from saedex.errors import SaedexError
+from saedex.store import bulk
 from saedex.store.catalog import Catalog
 from saedex.store.connection import failure, open_db
 from saedex.store.schema import SCHEMA_VERSION, TABLES, check_version, ensure_schema
@@ -34,9 +35,11 @@ class IndexView:
             raise SaedexError(f"index file not found: {self.db}")
         self.catalog = Catalog(self.db)
         self.con = duckdb.connect()
+        self.con.execute("SET parquet_metadata_cache = true")  # run files never change
         self.generation = 0  # bumped whenever the views change
         self.changed: set[str] = set()  # SAEs whose run file changed at the last refresh
         self._attached: dict[Path, str] = {}
+        self._parquet: dict[str, bool] = {}  # alias -> bulk tables in Parquet
         self._runs: dict[str, Path] = {}
         self._stamp: object = "never"
         self._checked = 0.0
@@ -98,6 +101,7 @@ class IndexView:
         first file that has it."""
         sources = [("base", _not_in("sae_id", runs))]
         sources += [(self._attached[p], "TRUE") for p in [*runs.values(), *derived]]
+        files = {alias: path for path, alias in self._attached.items()}
         models: set[str] = set()
         vocab_filters = {}
         for alias, _ in sources:
@@ -107,19 +111,37 @@ class IndexView:
             models |= have
         self.con.execute("BEGIN TRANSACTION")
         try:
-            for table in VIEWS:
+            # the tables, then the views of stored columns only (saedex.store.bulk.KEY_VIEWS)
+            views = [(table, table, "*", False) for table in VIEWS]
+            views += [(view, *spec, True) for view, spec in bulk.KEY_VIEWS.items()]
+            for view, table, columns, stored_only in views:
                 parts = [
-                    f"SELECT * FROM {alias}.{table} WHERE "
+                    f"SELECT {columns} FROM "
+                    f"({self._source(table, alias, files[alias], stored_only)}) WHERE "
                     f"{vocab_filters[alias] if table == 'vocab' else where}"
                     for alias, where in sources
                 ]
                 union = " UNION ALL BY NAME ".join(parts)
-                self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {union}")
+                self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {union}")
             self.con.execute("CREATE OR REPLACE VIEW meta AS SELECT * FROM base.meta")
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+
+    def _source(self, table: str, alias: str, path: Path, stored_only: bool = False) -> str:
+        """Where an attached file's rows of `table` are: its own table, or the Parquet file
+        a compacted run keeps them in (saedex/store/bulk.py; `stored_only`: as stored, without
+        the columns recomputed on reading)."""
+        if alias not in self._parquet:
+            self._parquet[alias] = bulk.is_parquet(self.con, f"{alias}.")
+            if self._parquet[alias]:
+                bulk.check_files(path)
+        if self._parquet[alias] and table in bulk.STORED:
+            if stored_only:
+                return bulk.stored_sql(table, path)
+            return bulk.read_sql(self.con, table, path, alias)
+        return f"SELECT * FROM {alias}.{table}"
 
 
 def connect(db: str | Path) -> duckdb.DuckDBPyConnection:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from saedex.config import IndexConfig
 from saedex.store.connection import open_db
+from saedex.store.precision import EXACT, round_column
 from saedex.store.schema import DERIVED_TABLES, PROVENANCE_COLUMNS, RUN_TABLES, ensure_schema
 
 STATUS_PLANNING = "planning"
@@ -168,7 +169,9 @@ class IndexWriter:
         """Where the pass appends its batches; see PassWriter. DuckDB runs single-threaded
         meanwhile: the inserts are too small to gain from a second thread and the model's threads
         want the cores (two threads took ~1.7x as long per row)."""
-        with one_thread(self.con), PassWriter(self.con, sae_id) as out:
+        settings = self.con.execute("SELECT settings FROM saes WHERE sae_id = ?", [sae_id])
+        precision = json.loads(settings.fetchall()[0][0]).get("value_precision", EXACT)
+        with one_thread(self.con), PassWriter(self.con, sae_id, precision) as out:
             yield out
 
     # -- aggregation ---------------------------------------------------------------------------
@@ -260,11 +263,13 @@ class PassWriter:
     Batches accumulate in one open transaction until `commit()` (the caller decides how often):
     a commit syncs the WAL to disk, which costs more than inserting a batch. A crash loses only
     the uncommitted batches, and the stored progress counter says where to resume.
+    Activation values are stored at the run's `value_precision` (saedex.store.precision).
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, sae_id: str):
+    def __init__(self, con: duckdb.DuckDBPyConnection, sae_id: str, precision: str = EXACT):
         self.con = con
         self.sae_id = sae_id
+        self.precision = precision
         self._open = False
         self._pending = _Progress()
 
@@ -288,6 +293,7 @@ class PassWriter:
         if not self._open:
             self.con.execute("BEGIN TRANSACTION")
             self._open = True
+        activations = round_column(activations, "value", self.precision)
         insert_arrow(self.con, "activations", activations, self.sae_id)
         if excluded.num_rows:
             insert_arrow(self.con, "excluded_tokens", excluded, self.sae_id)

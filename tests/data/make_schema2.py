@@ -3,6 +3,8 @@
 schema3.tar.gz (the store layout: base file, runs folder and catalog) was made by this script at
 commit 7405004 (schema version 3): `python tests/data/make_schema2.py /tmp/s3/schema3.duckdb`, then
 `tar czf tests/data/schema3.tar.gz -C /tmp/s3 schema3.duckdb schema3.duckdb.runs` (without .lock).
+schema4.tar.gz the same way at commit 18fea46 (schema version 4; every run file's rows in DuckDB,
+the last version before compacted runs kept their bulk tables in Parquet).
 
 schema1.duckdb.gz was made by this same script run with the saedex of commit 4a1c1e9 (schema
 version 1, dense example activations; its tests/conftest.py builds the same tiny model and SAE).

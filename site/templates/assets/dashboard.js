@@ -173,6 +173,8 @@
         table(["Promoted tokens", "Logit"], f.tl.map(([t, v]) => [el("code", null, tokenNodes(ctxt.tok(t))), (v >= 0 ? "+" : "") + v.toFixed(3)]), "sx-logits"),
         table(["Suppressed tokens", "Logit"], f.bl.map(([t, v]) => [el("code", null, tokenNodes(ctxt.tok(t))), (v >= 0 ? "+" : "") + v.toFixed(3)]), "sx-logits"),
         table(["Neighbour", "Cosine"], f.nb.map(([i, c]) => [link(ctxt, page.sae, i, "#" + i), c.toFixed(3)]), "sx-nbrs"),
+        table(["Co-activating", "Jaccard", "Lift"], (f.ca || []).map(([i, j, l, n]) =>
+          [link(ctxt, page.sae, i, "#" + i), el("span", { title: int(n) + " tokens together" }, j.toFixed(3)), num(l)]), "sx-nbrs sx-coact"),
         f.mt.length ? table(["In other SAEs", "Relation", "Score"], f.mt.map(([sae, i, rel, score]) =>
           [link(ctxt, sae, i, `${sae} #${i}`), rel, num(score)]), "sx-matches") : null),
       el("h2", { id: "top" }, "Top activations"),
