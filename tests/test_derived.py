@@ -18,7 +18,8 @@ from saedex.store.catalog import Catalog, runs_dir
 from saedex.store.derived import publish_derived
 from saedex.store.views import connect
 
-CFG = IndexConfig(context_size=24, batch_size=4, top_k=3, examples_per_interval=1)
+# No co-activations from the run itself: these tests publish their own rows.
+CFG = IndexConfig(context_size=24, batch_size=4, top_k=3, examples_per_interval=1, coactivations=0)
 
 
 @pytest.fixture
