@@ -36,6 +36,7 @@ def publish_derived(db: str | Path, key: str, inputs: Sequence[str], fill: Fill)
     db = Path(db)
     catalog = Catalog(db)
     names = input_names(catalog.runs(), _complete_saes(db, inputs))
+    catalog.dir.mkdir(exist_ok=True)  # an upgraded single-file index has no runs folder yet
     path = catalog.dir / new_file_name(f"derived-{key}")
     try:
         _write(path, fill)
