@@ -18,7 +18,8 @@ from saedex.store.catalog import Catalog, runs_dir
 from saedex.store.derived import publish_derived
 from saedex.store.views import connect
 
-CFG = IndexConfig(context_size=24, batch_size=4, top_k=3, examples_per_interval=1)
+# coactivations=0: the runs store none of their own, so every row seen is a derived file's
+CFG = IndexConfig(context_size=24, batch_size=4, top_k=3, examples_per_interval=1, coactivations=0)
 
 
 @pytest.fixture
