@@ -53,11 +53,11 @@ def test_shards_are_whole_batches_of_the_single_run(first, end, batch, n):
 def test_ray_options_reach_the_job(monkeypatch):
     seen = {}
 
-    def fake_run(job, progress):
-        seen["job"] = job
+    def fake_run(jobs, progress):
+        (seen["job"],) = jobs
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("saedex.indexer.indexing.run_index", fake_run)
+    monkeypatch.setattr("saedex.indexer.indexing.run_indexes", fake_run)
     args = ["index", "--db", "x.duckdb", "--quiet"]
     result = CliRunner().invoke(cli.app, [*args, "--ray", "auto", "--shards", "5"])
     assert result.exit_code == 130, result.output
