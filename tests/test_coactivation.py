@@ -17,7 +17,7 @@ from saedex.store.coactivation import (
     sparse_activations,
 )
 from saedex.store.views import connect
-from tests.conftest import API_SAE
+from tests.conftest import API_SAE, copy_index
 
 
 def brute_force(rows) -> tuple[Counter, Counter]:
@@ -186,16 +186,12 @@ def test_graphql_and_rest_serve_them(api_db, reader):
 def test_command_publishes_more_beside_the_run(api_db, tmp_path):
     """`saedex coactivations --first 15` on an index whose run stored 10: 15 per feature, the
     run's 10 not doubled (derived files: tests/test_derived.py)."""
-    import shutil
-
     from typer.testing import CliRunner
 
     from saedex.cli import app
     from saedex.store import IndexReader
 
-    db = tmp_path / api_db.name
-    shutil.copy(api_db, db)
-    shutil.copytree(api_db.with_name(api_db.name + ".runs"), tmp_path / (api_db.name + ".runs"))
+    db = copy_index(api_db, tmp_path / api_db.name)
     result = CliRunner().invoke(
         app, ["coactivations", "--db", str(db), "--sae", API_SAE, "--first", "15"]
     )

@@ -18,7 +18,7 @@ from saedex.store.catalog import Catalog, runs_dir
 from saedex.store.derived import publish_derived
 from saedex.store.views import connect
 
-# No co-activations from the run itself: these tests publish their own rows.
+# coactivations=0: the runs store none of their own, so every row seen is a derived file's
 CFG = IndexConfig(context_size=24, batch_size=4, top_k=3, examples_per_interval=1, coactivations=0)
 
 

@@ -32,6 +32,7 @@ from saedex.site.pages import FeatureRow, public_name
 from saedex.site.render import esc, feature_html, script_json, token_html
 from saedex.store import IndexReader
 from tests.browser import CHROMEDRIVER, CHROMIUM, chromium
+from tests.conftest import copy_index
 
 SAE = "sae"
 WIDE = "second/sae"  # a slash: its folder is "second-sae"
@@ -294,22 +295,12 @@ def test_explanations_join_search_and_lead_the_page():
     )
 
 
-def _copy_index(db: Path, folder: Path) -> Path:
-    """The index (base file and run files) copied, so a test may add to it."""
-    import shutil
-
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(db, folder / db.name)
-    shutil.copytree(db.with_name(db.name + ".runs"), folder / (db.name + ".runs"))
-    return folder / db.name
-
-
 def test_site_shows_current_explanations(tmp_path, site_db):
     """On the feature page's data (its top), in listings and in the search shards; one made
     for other weights of the SAE is left out."""
     from saedex.store.edits import EditStore, NewExplanation, edits_path
 
-    db = _copy_index(site_db, tmp_path / "index")
+    db = copy_index(site_db, tmp_path / site_db.name)
     with IndexReader(db) as reader:
         fingerprint = reader.fingerprint(SAE)
     with EditStore(edits_path(db)) as store:
