@@ -54,7 +54,7 @@ def test_ray_options_reach_the_job(monkeypatch):
     seen = {}
 
     def fake_run(jobs, progress):
-        seen["job"] = jobs[0]
+        (seen["job"],) = jobs
         raise KeyboardInterrupt
 
     monkeypatch.setattr("saedex.indexer.indexing.run_indexes", fake_run)
