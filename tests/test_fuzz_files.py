@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from saedex.cli import app
-from tests.conftest import held_by_another_process
+from tests.conftest import API_SAE, copy_index, held_by_another_process, run_file
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,8 @@ KINDS = [
     # DuckDB checksums every WAL entry and replays the entries that verify: a torn or garbled
     # WAL is the tail of a crash, and the index opens at its last good state.
     Kind("wal", lambda db: db.with_name(db.name + ".wal"), refused=False, make=_leave_wal),
+    # A run's own file (docs/schema.md, "Layout"): every reader attaches it.
+    Kind("run", lambda db: run_file(db, API_SAE), refused=True),
 ]
 
 
@@ -90,10 +91,13 @@ runner = CliRunner()
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
-    """Every file's content hash and mtime."""
+    """Every file's content hash and mtime, the runs folder's included."""
     return {
-        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(folder.iterdir())
+        str(p.relative_to(folder)): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
 
@@ -103,8 +107,7 @@ def fresh(api_db, tmp_path) -> Path:
     """A private copy of the API test index, alone in its folder."""
     db = tmp_path / "store" / "index.duckdb"
     db.parent.mkdir()
-    shutil.copy(api_db, db)
-    return db
+    return copy_index(api_db, db)
 
 
 @pytest.fixture
@@ -141,7 +144,7 @@ def assert_refused(result, db: Path) -> str:
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 def test_damaged_file(kind: Kind, damage: str, fresh: Path, commands):
-    if damage in DATABASE_ONLY and kind.name != "index":
+    if damage in DATABASE_ONLY and kind.name == "wal":
         pytest.skip("damage to a DuckDB database header")
     kind.make(fresh)
     target = kind.locate(fresh)
@@ -151,6 +154,8 @@ def test_damaged_file(kind: Kind, damage: str, fresh: Path, commands):
     for command, args in argv.items():
         if not kind.refused and command == "index":
             continue  # a recovered WAL is an interrupted run: resuming it is test_resume's
+        if kind.name == "run" and command == "index":
+            continue  # indexing another SAE never opens this run's file
         result = run(args(fresh))
         if kind.refused:
             assert_refused(result, fresh)
@@ -212,13 +217,14 @@ def test_flipped_bytes_in_every_block(api_db, tmp_path, monkeypatch):
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
     db = tmp_path / "store" / "index.duckdb"
     db.parent.mkdir()
-    clean = api_db.read_bytes()
+    target = run_file(copy_index(api_db, db), API_SAE)  # the run's rows live in its own file
+    clean = target.read_bytes()
     block = 262144
     refused = 0
     for start in range(12288 + block // 2, len(clean), block):
         data = bytearray(clean)
         data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
-        db.write_bytes(data)
+        target.write_bytes(data)
         before = snapshot(db.parent)
         for args in (["info", "--db", str(db)], ["serve", "--db", str(db), "--no-inference"]):
             result = run(args)

@@ -21,6 +21,7 @@ from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.neuronpedia import NeuronpediaJob, export_neuronpedia, read_batches
 from saedex.store import IndexReader
+from saedex.store.derived import publish_derived
 from saedex.store.export import TABLES, export_parquet, read_table
 from saedex.store.views import connect
 from tests.conftest import build_tiny_sae, copy_index, run_file
@@ -219,6 +220,8 @@ def test_parquet_round_trip_equals_every_table(db, tmp_path):
     from saedex.store.schema import TABLES as SCHEMA_TABLES
 
     assert set(TABLES) == set(SCHEMA_TABLES)  # a table added to the schema is exported too
+    db = copy_index(db, tmp_path / "index.duckdb")
+    publish_derived(db, "derived-rows", list(SAES), _derived_rows)  # rows in a derived file too
     out = tmp_path / "pq"
     result = export_parquet(db, out)
     con = connect(db)
@@ -237,6 +240,15 @@ def test_parquet_round_trip_equals_every_table(db, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["saes"] == list(SAES)
     assert {p.name for p in (out / "activations").iterdir()} == {f"sae_id={s}" for s in SAES}
+
+
+def _derived_rows(con) -> None:
+    """A row in each table that is filled after indexing (as `saedex match` would)."""
+    a, b = SAES[0], SAES[1]
+    con.execute("INSERT INTO coactivations VALUES (?, 0, 1, 2, 3, 0.25, 1.5)", [a])
+    con.execute(
+        "INSERT INTO feature_matches VALUES (?, 0, ?, 1, 0.9, 0.8, 7, 0.5, 'parent')", [a, b]
+    )
 
 
 def test_parquet_export_of_one_sae_reads_with_pandas(db, tmp_path):
