@@ -46,6 +46,7 @@ from strawberry.extensions import AddValidationRules
 from saedex.config import IndexConfig, ServeConfig
 from saedex.data import SaeInfo
 from saedex.steering import SteerRequest
+from saedex.store.matches import MAX_CHILDREN
 
 NODE_LIMIT = "MAX_NODE_LIMIT_EXCEEDED"
 
@@ -122,6 +123,10 @@ BOUNDS: dict[str, Bound] = {
     "SteerStep.lowered": lambda s, a: a.get("nShifts", SHIFTS),
     "Ablation.raised": lambda s, a: a.get("nShifts", SHIFTS),
     "Ablation.lowered": lambda s, a: a.get("nShifts", SHIFTS),
+    # feature splitting (issue 17): matches are paged by `first`; a family has a parent per SAE
+    "Feature.matches": lambda s, a: 10,
+    "FeatureFamily.parents": lambda s, a: s.saes,
+    "FeatureFamily.children": lambda s, a: MAX_CHILDREN,
 }
 
 

@@ -17,10 +17,12 @@ from strawberry.dataloader import DataLoader
 from saedex.data import (
     Example,
     Explanation,
+    FeatureFamily,
     FeatureSummary,
     Histogram,
     IntervalSample,
     LogitEntry,
+    MatchedFeature,
     Neighbour,
 )
 from saedex.store import IndexReader
@@ -64,6 +66,9 @@ class Loaders:
         self.explanations: DataLoader[Key, list[Explanation]] = loader(reader.explanations)
         # (sae_id, index, "decoder" | "encoder"): rows of the SAE weights file (saedex.weights)
         self.vectors: DataLoader[Key, list[float]] = loader(reader.vectors)
+        # feature splitting (issue 17): (sae_id, index, other_sae, first) and (sae_id, index)
+        self.matches: DataLoader[Key, list[MatchedFeature]] = loader(_first(reader.matches))
+        self.families: DataLoader[Key, FeatureFamily] = loader(reader.families)
 
     def prime(self, summaries: Sequence[FeatureSummary]) -> None:
         """Seed the caches with summaries a listing already fetched."""

@@ -38,7 +38,7 @@ from saedex.api.errors import (
 from saedex.api.explanations import Explanation, Mutation, explanation_of
 from saedex.api.limits import limit_extensions
 from saedex.api.records import delegating_resolvers, field_doc, record_type
-from saedex.api.scalars import SCALARS, FloatList, IntList, TokenList
+from saedex.api.scalars import SCALARS, FloatList, IntList, Long, TokenList
 from saedex.config import ServeConfig
 from saedex.errors import SaedexError
 
@@ -102,6 +102,24 @@ def _neighbour_feature(root: strawberry.Parent[data.Neighbour], info: Info) -> F
 Neighbour = record_type(
     data.Neighbour, exclude=("sae_id",), resolvers={"feature": _neighbour_feature}
 )
+
+
+# -- feature splitting across widths (issue 17: saedex match, docs/splitting.md) --
+
+MATCHES_SHOWN = 10  # Feature.matches without `first`
+
+
+def _match_feature(root: strawberry.Parent[data.MatchedFeature], info: Info) -> Feature:
+    """The matched feature itself."""
+    return load_feature(info, root.sae_id, root.index)
+
+
+MatchedFeature = record_type(
+    data.MatchedFeature,
+    types_={"sae_id": strawberry.ID, "cofiring": Long},
+    resolvers={"feature": _match_feature},
+)
+FeatureFamily = record_type(data.FeatureFamily, types_={"sae_id": strawberry.ID})
 
 
 async def _summary(root: Feature, info: Info) -> data.FeatureSummary:
@@ -177,6 +195,27 @@ class Feature:
     )
     async def encoder(self, info: Info) -> FloatList:
         return await load_vector(info, self.sae_id, self.index, "encoder")
+
+    # -- feature splitting across widths (issue 17: saedex match) --
+
+    @strawberry.field(
+        description="This feature's best matches in another SAE on the same hook (`saedex "
+        "match`), best correlated first: activation correlation over the corpus, decoder "
+        "cosine, and the parent / child relation."
+    )
+    async def matches(
+        self, info: Info, sae: strawberry.ID, first: int | None = None
+    ) -> list[MatchedFeature]:
+        info.context.state.sae(str(sae))  # an unknown SAE is NOT_FOUND
+        key = (self.sae_id, self.index, str(sae), page_size(info, first, MATCHES_SHOWN))
+        return await info.context.loaders.matches.load(key)
+
+    @strawberry.field(
+        description="The feature's family across widths: its parent in each narrower matched "
+        "SAE and its children in each wider one."
+    )
+    async def family(self, info: Info) -> FeatureFamily:
+        return await info.context.loaders.families.load((self.sae_id, self.index))
 
     # -- explanations (saedex.api.explanations) --
 

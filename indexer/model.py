@@ -8,6 +8,7 @@ name is a local HF directory or a name TransformerLens/transformers can resolve.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -194,14 +195,27 @@ def validate_hook(model: LoadedModel, hook_name: str) -> None:
 
 def forward_to_hook(model: LoadedModel, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
     """The activations at `hook_name`, running the model only up to that point."""
-    captured: list[torch.Tensor] = []
+    return forward_to_hooks(model, tokens, [hook_name])[hook_name]
 
-    def grab(act: torch.Tensor, hook) -> None:
-        captured.append(act)
-        raise _Stop
 
+def forward_to_hooks(
+    model: LoadedModel, tokens: torch.Tensor, hook_names: list[str]
+) -> dict[str, torch.Tensor]:
+    """The activations at every hook of `hook_names`, running the model once, up to the last
+    of them to fire (several SAEs of one model share one pass)."""
+    wanted = set(hook_names)
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(name: str, act: torch.Tensor, hook) -> None:
+        # a copy when more hooks follow: the model may reuse this tensor's storage
+        captured[name] = act if len(wanted) == 1 else act.clone()
+        if len(captured) == len(wanted):
+            raise _Stop
+
+    hooks = [(name, functools.partial(grab, name)) for name in wanted]
     with contextlib.suppress(_Stop):
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)])
-    if not captured:
-        raise SaedexError(f"hook {hook_name!r} never fired in {model.name}")
-    return captured[0]
+        model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    missing = wanted - captured.keys()
+    if missing:
+        raise SaedexError(f"hook {sorted(missing)[0]!r} never fired in {model.name}")
+    return captured

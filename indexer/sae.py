@@ -24,6 +24,11 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 DEFAULT_SAE = "default"
 DEFAULT_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-res6"
+# The shipped widths of the default SAE (same hook, corpus and recipe; issue 17), by the name
+# `--sae` takes: "default" is the 4,608-latent one, the others are named by their width.
+SHIPPED_SAES = {
+    DEFAULT_SAE: DEFAULT_SAE_DIR,
+}
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.")
 # Hooks whose activations are not d_model-wide residual-stream vectors: attention's per-head
 # queries, keys, values, z and patterns, and the MLP's hidden layer. An SAE there has decoder
@@ -139,8 +144,9 @@ class SparseAutoencoder(torch.nn.Module):
 
 
 def resolve_sae(spec: str) -> Path:
-    """The directory for `spec`: "default" is the SAE shipped inside the package."""
-    path = DEFAULT_SAE_DIR if spec == DEFAULT_SAE else Path(spec)
+    """The directory for `spec`: "default" (and the other SHIPPED_SAES names) are SAEs shipped
+    inside the package."""
+    path = SHIPPED_SAES.get(spec) or Path(spec)
     if not path.is_dir():
         raise SaedexError(f"SAE directory not found: {path}")
     return path

@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saedex.config import IndexConfig, ServeConfig, SiteConfig, TrainConfig
+from saedex.config import (
+    IndexConfig,
+    MatchConfig,
+    RayConfig,
+    ServeConfig,
+    SiteConfig,
+    TrainConfig,
+)
 from saedex.errors import SaedexError
 from saedex.options import config_options
 
@@ -62,18 +69,27 @@ def user_errors(fn):
 
 @app.command()
 @user_errors
+@config_options("ray_config", RayConfig)  # --ray, --shards, ...: the pass on Ray (owner: ray)
 @config_options("config", IndexConfig)
 def index(
     db: Annotated[Path, typer.Option(help="DuckDB index file (created if missing).")],
     config: IndexConfig,
+    ray_config: RayConfig,
     model: Model = "default",
     sae: Annotated[
-        str, typer.Option(help='"default" or an SAE directory in SAELens format.')
-    ] = "default",
+        list[str] | None,
+        typer.Option(
+            help='"default", a shipped width (default-1152, default-9216) or an SAE directory '
+            "in SAELens format. Repeat it to index several SAEs of the model in one pass."
+        ),
+    ] = None,
     corpus: Corpus = "default",
     sae_id: Annotated[
-        str | None,
-        typer.Option(help="Name of this index in the file (default: the SAE directory's name)."),
+        list[str] | None,
+        typer.Option(
+            help="Name of each index in the file, one per --sae (default: the SAE directory's "
+            "name)."
+        ),
     ] = None,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
@@ -84,18 +100,31 @@ def index(
 ):
     """Run a model and an SAE over a corpus once and store every feature's dashboard data.
 
-    Resumable: if interrupted, run the same command again.
+    Several --sae of one model share the pass: the model runs once, to the deepest hook.
+    Resumable: if interrupted, run the same command again. With --ray, the pass runs as shards
+    on a Ray cluster and is merged into the same index a single process makes.
     """
-    from saedex.indexer.indexing import IndexJob, run_index
+    from saedex.indexer.indexing import IndexJob, run_indexes
     from saedex.memory import keep_freed_memory
 
-    job = IndexJob(model, sae, corpus, db, sae_id, device, dtype, overwrite, config)
+    if ray_config.ray is None and ray_config != RayConfig():
+        raise SaedexError("--shards and the other shard options need --ray")
+    ray = ray_config if ray_config.ray is not None else None
+    saes = sae or ["default"]
+    if sae_id and len(sae_id) != len(saes):
+        raise SaedexError(f"{len(sae_id)} --sae-id for {len(saes)} --sae: give one per --sae")
+    ids = sae_id or [None] * len(saes)
+    jobs = [
+        IndexJob(model, one, corpus, db, name, device, dtype, overwrite, config, ray)
+        for one, name in zip(saes, ids, strict=True)
+    ]
     keep_freed_memory()
-    info = run_index(job, progress=not quiet)
-    console.print(
-        f"indexed [bold]{info.id}[/]: {info.n_tokens:,} tokens, {info.n_contexts:,} contexts, "
-        f"{info.d_sae:,} features ({info.dead_features:,} dead) in {info.duration_s:.1f}s -> {db}"
-    )
+    for info in run_indexes(jobs, progress=not quiet):
+        console.print(
+            f"indexed [bold]{info.id}[/]: {info.n_tokens:,} tokens, {info.n_contexts:,} "
+            f"contexts, {info.d_sae:,} features ({info.dead_features:,} dead) in "
+            f"{info.duration_s:.1f}s -> {db}"
+        )
 
 
 @app.command()
@@ -676,6 +705,38 @@ def score(
         (out / "scores.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
         (out / "scores.svg").write_text(histogram_svg(rows))
         console.print(f"wrote {out / 'scores.json'} and {out / 'scores.svg'}")
+
+
+# -- match (issue 17: feature splitting across widths; saedex.matching, docs/splitting.md) --
+
+
+@app.command()
+@user_errors
+@config_options("config", MatchConfig)
+def match(
+    db: Annotated[Path, typer.Option(help="DuckDB index file.")],
+    sae: Annotated[
+        list[str],
+        typer.Option(help="An indexed SAE id; give two or more (every pair is matched)."),
+    ],
+    config: MatchConfig,
+):
+    """Relate SAEs of several widths on one hook: each feature's best matches in the others
+    (decoder cosine, activation correlation over the whole corpus) and parents / children."""
+    from itertools import combinations
+
+    from saedex.matching import match_and_store
+
+    saes = list(dict.fromkeys(sae))
+    if len(saes) < 2:
+        raise SaedexError("give at least two different --sae to match")
+    for a, b in combinations(saes, 2):
+        done = match_and_store(db, a, b, config)
+        console.print(
+            f"matched [bold]{done.narrow}[/] x [bold]{done.wide}[/] in {done.seconds:.1f}s: "
+            f"{done.with_parent:.1%} of live wide features have a parent, {done.clear:.1%} a "
+            f"clear one; {done.rows:,} rows -> {db}"
+        )
 
 
 def main() -> None:

@@ -312,3 +312,81 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+# -- sharded indexing on Ray (saedex.indexer.sharding; owner: ray) --
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how `saedex index --ray` runs the pass: shards of the planned contexts on Ray
+    workers, merged exactly into one run (docs/scale.md). Not stored with the run: the merged
+    index equals a single-process one, whatever these are."""
+
+    ray: str | None = setting(
+        None,
+        "Run the pass on Ray: 'local' (a cluster of this machine on 127.0.0.1, for this run), "
+        "'auto' (the running cluster) or a cluster address (host:port, ray://host:port).",
+    )
+    shards: int | None = setting(
+        None,
+        "Shards of the corpus's contexts, each one Ray task writing its own file "
+        "(default: twice the cluster's worker slots).",
+        min=1,
+    )
+    cpus_per_shard: float = setting(
+        1.0, "CPUs a shard's worker reserves (its torch threads).", min=0
+    )
+    gpus_per_shard: float | None = setting(
+        None,
+        "GPUs a shard's worker reserves (default: 1 when the cluster has GPUs, else 0).",
+        min=0,
+    )
+    max_retries: int = setting(
+        3,
+        "Times Ray reruns a shard whose worker died (it resumes from its last commit).",
+        min=0,
+        flag="shard-retries",
+    )
+    local_cpus: int | None = setting(
+        None,
+        "CPUs of the cluster `--ray local` starts (default: this machine's).",
+        min=1,
+        flag="ray-local-cpus",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# -- feature splitting across widths (issue 17: saedex match) --
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """How `saedex match` relates the features of two SAEs on one hook (docs/splitting.md)."""
+
+    first: int = setting(
+        5, "Best matches kept per feature, by decoder cosine and by activation correlation.",
+        min=1, max=100,
+    )  # fmt: skip
+    parent_min_correlation: float = setting(
+        0.3,
+        "A wide feature's parent is its best-correlated narrow feature, if at least this "
+        "correlated.",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    parent_min_containment: float = setting(
+        0.5,
+        "... and if at least this share of the wide feature's tokens are the parent's.",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    clear_min_correlation: float = setting(
+        0.6, "A clear parent is at least this correlated ...", min=0.0, max=1.0
+    )
+    clear_min_containment: float = setting(
+        0.8, "... and holds at least this share of the wide feature's tokens.", min=0.0, max=1.0
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)

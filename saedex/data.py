@@ -223,3 +223,49 @@ class FeaturePage:
 
     items: list[FeatureSummary]
     total: int
+
+
+# -- feature splitting across widths (issue 17: saedex match, docs/splitting.md) --
+
+
+@dataclass(frozen=True)
+class MatchedFeature:
+    """A feature of another SAE on the same hook, matched to this one by `saedex match`."""
+
+    sae_id: str = doc("The other feature's SAE.")
+    index: int = doc("The other feature's index in its SAE.")
+    d_sae: int = doc("The other SAE's number of features (its width).")
+    cosine: float = doc("Cosine similarity of the two decoder directions.")
+    correlation: float = doc(
+        "Pearson correlation of the two features' activations over every counted token of the "
+        "corpus (0 where a feature does not fire)."
+    )
+    cofiring: int = doc("Counted tokens where both features fire.")
+    containment: float = doc("Share of this feature's tokens where the other fires too.")
+    cover: float = doc(
+        "Share of the narrower feature's activation mass on tokens where the wider one fires "
+        "(for a parent and a child: how much of the parent the child covers)."
+    )
+    relation: str | None = doc(
+        "parent: the other feature is this one's parent (in a narrower SAE); child: it is one "
+        "of this one's children (in a wider SAE); null: neither."
+    )
+    clear: bool = doc("The parent relation passes the clear-parent thresholds.")
+
+
+@dataclass(frozen=True)
+class FeatureFamily:
+    """A feature with its parents in every narrower SAE and its children in every wider one
+    that `saedex match` related to its SAE (docs/splitting.md)."""
+
+    sae_id: str = doc("The feature's SAE.")
+    index: int = doc("The feature's index in its SAE.")
+    d_sae: int = doc("Its SAE's width.")
+    parents: list[MatchedFeature] = doc("Its parent in each narrower SAE, narrowest first.")
+    children: list[MatchedFeature] = doc(
+        "Its children in each wider SAE, narrowest SAE first, then by cover."
+    )
+    cover: list[float] = doc(
+        "Per wider SAE (as ordered in children): share of this feature's activation mass on "
+        "tokens where any of its children there fires."
+    )

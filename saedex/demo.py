@@ -39,29 +39,56 @@ class DemoConfig:
 def prepare(cfg: DemoConfig, console: Console, progress: bool = True) -> tuple[SaeInfo, Path]:
     """Corpus, index and built site; returns the index's run and the built site's folder."""
     from saedex.indexer.default_corpus import default_corpus_path
-    from saedex.indexer.indexing import IndexJob, run_index
     from saedex.site.build import build_site
     from saedex.site.export import SiteJob, export_site
 
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     console.rule("1/4 default corpus")
     console.print(f"corpus: {default_corpus_path()}")
-    console.rule("2/4 index: default model x shipped SAE")
-    job = IndexJob(
-        "default", "default", "default", cfg.db, config=IndexConfig(max_tokens=cfg.max_tokens)
-    )
-    info = run_index(job, progress=progress)
-    console.print(f"index: {info.id}, {info.n_tokens:,} tokens, {info.d_sae:,} features")
+    console.rule("2/4 index: default model x every shipped width, one pass; then matched")
+    info, widths = index_widths(cfg, console, progress)
     console.rule("3/4 explanations: the embedded model, about two minutes")
     explain_some(cfg, info, console, progress)
     console.rule("4/4 static site")
-    result = export_site(SiteJob(cfg.db, info.id, cfg.site_project), progress=progress)
+    result = export_site(SiteJob(cfg.db, widths, cfg.site_project), progress=progress)
     site_dir = cfg.site_project / "site"
     if result.written or not (site_dir / "index.html").is_file():
         site_dir = build_site(cfg.site_project, SiteConfig().workers, progress)
     else:
         console.print("site unchanged: reusing the last build")
     return info, site_dir
+
+
+# -- widths (issue 17): every shipped width of the default SAE, indexed in one pass, matched --
+
+
+def index_widths(cfg: DemoConfig, console: Console, progress: bool) -> tuple[SaeInfo, list[str]]:
+    """Index every shipped width in one pass of the model and match every pair of them
+    (`saedex match`); returns the default SAE's run and every width's id, narrowest first."""
+    from itertools import combinations
+
+    from saedex.indexer.indexing import IndexJob, run_indexes
+    from saedex.indexer.sae import DEFAULT_SAE, SHIPPED_SAES
+    from saedex.matching import match_and_store
+    from saedex.store.matches import is_matched
+
+    config = IndexConfig(max_tokens=cfg.max_tokens)
+    jobs = [IndexJob("default", name, "default", cfg.db, config=config) for name in SHIPPED_SAES]
+    indexed = run_indexes(jobs, progress=progress)
+    default = indexed[list(SHIPPED_SAES).index(DEFAULT_SAE)]
+    infos = sorted(indexed, key=lambda i: i.d_sae)
+    for i in infos:
+        console.print(f"index: {i.id}, {i.n_tokens:,} tokens, {i.d_sae:,} features")
+    for a, b in combinations(infos, 2):
+        if is_matched(cfg.db, a.id, b.id):
+            console.print(f"matches of {a.id} x {b.id}: already made")
+            continue
+        done = match_and_store(cfg.db, a.id, b.id)
+        console.print(
+            f"matched {done.narrow} x {done.wide} in {done.seconds:.1f}s: {done.clear:.1%} of "
+            "the wide features have a clear parent"
+        )
+    return default, [i.id for i in infos]
 
 
 def explain_some(cfg: DemoConfig, info: SaeInfo, console: Console, progress: bool) -> None:

@@ -373,7 +373,8 @@ def _export_blocks(
             bar.advance(task, len(chunk_rows))
 
         workers = min(job.config.workers, len(tasks))
-        args = (job.db, job.out, job.config)
+        keys = {e.info.id: e.key for e in entries}  # families link the site's other SAEs
+        args = (job.db, job.out, job.config, keys)
         if workers <= 1:
             with _Renderer(*args) as renderer:
                 for t in tasks:
@@ -386,9 +387,9 @@ def _export_blocks(
     return {k: sorted(v, key=lambda r: r.index) for k, v in rows.items()}, written
 
 
-def _worker(db: Path, out: Path, cfg: SiteConfig, tasks, emit: Emit) -> None:
+def _worker(db: Path, out: Path, cfg: SiteConfig, keys: dict, tasks, emit: Emit) -> None:
     """Render ranges from `tasks` until the None sentinel, with one read-only reader."""
-    with _Renderer(db, out, cfg) as renderer:
+    with _Renderer(db, out, cfg, keys) as renderer:
         for t in iter(tasks.get, None):
             emit(*renderer.render(*t))
 
@@ -396,9 +397,10 @@ def _worker(db: Path, out: Path, cfg: SiteConfig, tasks, emit: Emit) -> None:
 class _Renderer:
     """Renders feature ranges of any SAE of one index into block fragments."""
 
-    def __init__(self, db: Path, out: Path, cfg: SiteConfig):
+    def __init__(self, db: Path, out: Path, cfg: SiteConfig, keys: dict[str, str]):
         self.reader = SiteReader(db)
         self.out, self.cfg = out, cfg
+        self.keys = keys  # the site's SAE ids -> folders
         self._saes: dict[str, tuple] = {}
 
     def __enter__(self) -> _Renderer:
@@ -451,6 +453,9 @@ class _Renderer:
             )
             for row in r.feature_rows(sae_id, lo, hi)
         ]
+        families = r.family_rows(sae_id, lo, hi)
+        for f in features:
+            f["mt"] = payload.match_entries(families.get(f["i"], ()), self.keys)
         wanted = {c for (_, _, _), exs in examples.items() for c, *_ in exs}
         by_ref = _contexts_by_ref(r, sae_id, wanted, refs)
         return key, *self._write_blocks(settings, state, features, by_ref.__getitem__, vocab)

@@ -91,6 +91,12 @@ def from_rows(
     return out
 
 
+def match_entries(rows: Sequence[tuple], keys: dict[str, str]) -> list[list]:
+    """`mt`: a feature's parents and children in the site's other SAEs (issue 17), from
+    `SiteReader.family_rows`; `keys` maps the site's SAE ids to their folders."""
+    return [[keys[sae], i, rel, r3(corr)] for sae, i, rel, corr in rows if sae in keys]
+
+
 def from_feature(data: FeatureData) -> tuple[dict, list[list], dict[int, str]]:
     """(feature, contexts, vocab) for one `FeatureData`: its contexts and the token strings they
     and its logit tables use, inlined (no shards, no model vocabulary to load)."""

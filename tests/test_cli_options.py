@@ -51,11 +51,11 @@ def test_every_config_field_is_an_option_with_its_help(command, config):
 def test_index_options_reach_the_config(monkeypatch):
     seen = {}
 
-    def fake_run(job, progress):
-        seen["config"] = job.config
+    def fake_run(jobs, progress):
+        seen["config"] = jobs[0].config
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("saedex.indexer.indexing.run_index", fake_run)
+    monkeypatch.setattr("saedex.indexer.indexing.run_indexes", fake_run)
     result = invoke(
         "index", "--db", "x.duckdb", "--n-logits", "3", "--hist-bins", "7", "--no-bos",
         "--commit-interval", "5", "--max-tokens", "100", "--quiet",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from saedex.cli import app
 from saedex.errors import SaedexError
 from saedex.store import IndexReader
-from tests.conftest import build_tiny_sae
+from tests.conftest import build_tiny_sae, copy_index
 from tests.test_resume import dump
 
 runner = CliRunner()
@@ -174,7 +174,7 @@ def test_changed_settings_on_existing_index(good):
 def test_index_of_another_schema_version(good):
     tiny_model, tiny_corpus, sae, db, tmp = good
     old = tmp / "old-schema.duckdb"
-    shutil.copy(db, old)
+    copy_index(db, old)
     con = duckdb.connect(str(old))
     con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")  # a newer saedex
     con.close()

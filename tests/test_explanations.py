@@ -7,7 +7,6 @@ import contextlib
 import gzip
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from saedex.explain.transfer import export_explanations, import_explanations
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import IndexReader
 from saedex.store.edits import NewExplanation
-from tests.conftest import build_tiny_sae
+from tests.conftest import build_tiny_sae, copy_index
 
 SAE = "sae"
 KEY = "k3y-for-tests-0123456789"
@@ -41,8 +40,7 @@ def built_index(tmp_path_factory, tiny_model, tiny_sae, tiny_corpus) -> Path:
 def db(built_index, tmp_path) -> Path:
     """A fresh copy of the index, with no edits yet."""
     copy = tmp_path / "index.duckdb"
-    shutil.copy(built_index, copy)
-    return copy
+    return copy_index(built_index, copy)
 
 
 def np_row(index, text, model="gpt2-small", layer="0-res-test", author="gpt-4o", kind="np_max-act"):

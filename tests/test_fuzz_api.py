@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 import schemathesis
@@ -29,6 +28,7 @@ from saedex.api.errors import INTERNAL
 from saedex.config import ServeConfig
 from saedex.store import IndexReader
 from tests.conftest import API_SAE as SAE
+from tests.conftest import copy_index
 
 EXAMPLES = int(os.environ.get("SAEDEX_FUZZ_EXAMPLES", "30"))
 SEED = int(os.environ.get("SAEDEX_FUZZ_SEED", "21"))
@@ -65,7 +65,7 @@ def fuzz_app(api_db, engine, tmp_path_factory):
     """The app over a private copy of the test index: fuzzed mutations (explanations, edits)
     write beside it, never beside the index other tests read."""
     db = tmp_path_factory.mktemp("fuzz") / api_db.name
-    shutil.copy(api_db, db)
+    copy_index(api_db, db)
     with IndexReader(db) as reader:
         yield create_app(reader, ServeConfig(), engine)
 

@@ -100,9 +100,10 @@ def test_default_budget_admits_the_rest_feature_query_and_a_page_of_100(client):
 def test_costs_of_the_reference_queries(zero_budget):
     assert cost(zero_budget, PAGE_QUERY) == 100 + 100 * 20
     # 10 top + 10 bottom logits, 20 examples, 10 intervals x 5 examples, 10 neighbours,
-    # explanations (not capped per feature: a page, 100)
+    # explanations (not capped per feature: a page, 100), a family's parents (one per SAE: 1)
+    # and children (MAX_CHILDREN, 100)
     found = cost(zero_budget, FEATURE_QUERY, {"sae": SAE, "index": 1})
-    assert found == 10 + 10 + 20 + 60 + 10 + 100
+    assert found == 10 + 10 + 20 + 60 + 10 + 100 + 1 + 100
     assert cost(zero_budget, '{ feature(sae: "sae", index: 1) { index density } }') == 0
 
 

@@ -15,7 +15,7 @@ from saedex.api.inference import InferenceEngine
 from saedex.cli import app
 from saedex.provenance import corpus_fingerprint, model_fingerprint
 from saedex.store import IndexReader
-from tests.conftest import build_tiny_sae, make_corpus_docs
+from tests.conftest import build_tiny_sae, copy_index, make_corpus_docs
 from tests.test_resume import dump, index_cmd, kill_when
 
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_other_model_refused(made):
 def test_overwrite_replaces(made, tmp_path):
     model, sae, corpus, db, tmp = made
     copy = tmp_path / "i.duckdb"
-    shutil.copy(db, copy)
+    copy_index(db, copy)
     other = build_tiny_sae(tmp / "overwrite-sae", seed=8)
     result = index(model, other, corpus, copy, "--overwrite")
     assert result.exit_code == 0, result.output

@@ -61,7 +61,7 @@ def wal_size(db: Path) -> int:
     return max(sizes)
 
 
-def kill_when(cmd: list[str], db: Path, wal_bytes: int, timeout: float = 120) -> bool:
+def kill_when(cmd: list[str], db: Path, wal_bytes: int, timeout: float = 900) -> bool:
     """Start the command and SIGKILL it once its run file's WAL has grown past `wal_bytes`."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout

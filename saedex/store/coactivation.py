@@ -36,24 +36,57 @@ class Coactivation:
 
 def cofiring(con: duckdb.DuckDBPyConnection, sae_id: str):
     """(A^T A as a scipy CSR matrix [d_sae, d_sae] of co-firing counts, counted tokens N)."""
-    from scipy import sparse
+    acts = sparse_activations(con, sae_id)
+    _, token = np.unique(acts.tokens, return_inverse=True)
+    matrix = acts.matrix(token, int(token.max()) + 1 if len(token) else 0)
+    return (matrix.T @ matrix).tocsr(), acts.n_counted
 
+
+@dataclass(frozen=True)
+class SparseActivations:
+    """One run's stored activations, one entry per (token, feature); a token is the key
+    `context_id << 16 | position`, the same token in every run with the same plan."""
+
+    tokens: np.ndarray  # int64
+    feature: np.ndarray  # int64
+    value: np.ndarray  # float64
+    d_sae: int
+    n_counted: int
+
+    def matrix(self, rows: np.ndarray, n_rows: int, values: bool = False):
+        """The token x feature CSR matrix with `rows[i]` as entry i's row: 1 where a feature
+        fires (or its value, with `values`)."""
+        from scipy import sparse
+
+        data = self.value if values else np.ones(len(self.feature), dtype=np.int32)
+        return sparse.csr_matrix((data, (rows, self.feature)), shape=(n_rows, self.d_sae))
+
+
+def sparse_activations(con: duckdb.DuckDBPyConnection, sae_id: str) -> SparseActivations:
+    """Every activation of a run, as arrays (the input of A^T A and of cross-SAE products)."""
     row = con.execute("SELECT d_sae FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
     if row is None:
         raise SaedexError(f"unknown SAE: {sae_id!r}")
-    d_sae = row[0]
     acts = con.execute(
-        "SELECT context_id, position, feature FROM activations WHERE sae_id = ?", [sae_id]
+        "SELECT context_id, position, feature, value FROM activations WHERE sae_id = ?", [sae_id]
     ).fetchnumpy()
     context = np.asarray(acts["context_id"], dtype=np.int64)
     position = np.asarray(acts["position"], dtype=np.int64)
-    feature = np.asarray(acts["feature"], dtype=np.int64)
-    _, token = np.unique((context << 16) | position, return_inverse=True)
-    n_rows = int(token.max()) + 1 if len(token) else 0
-    ones = np.ones(len(feature), dtype=np.int32)
-    matrix = sparse.csr_matrix((ones, (token, feature)), shape=(n_rows, d_sae))
-    n_counted = _counted_tokens(con, sae_id)
-    return (matrix.T @ matrix).tocsr(), n_counted
+    return SparseActivations(
+        (context << 16) | position,
+        np.asarray(acts["feature"], dtype=np.int64),
+        np.asarray(acts["value"], dtype=np.float64),
+        row[0],
+        _counted_tokens(con, sae_id),
+    )
+
+
+def shared_rows(*runs: SparseActivations) -> tuple[list[np.ndarray], int]:
+    """Row numbers over the union of the runs' tokens (the same token, the same row in every
+    run's matrix), and how many rows: the products of cross-SAE matrices pair the same tokens."""
+    union, inverse = np.unique(np.concatenate([r.tokens for r in runs]), return_inverse=True)
+    bounds = np.cumsum([0, *(len(r.tokens) for r in runs)])
+    return [inverse[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], len(union)
 
 
 def _counted_tokens(con: duckdb.DuckDBPyConnection, sae_id: str) -> int:

@@ -18,17 +18,19 @@ from saedex.data import (
     Example,
     Explanation,
     FeatureData,
+    FeatureFamily,
     FeaturePage,
     FeatureSummary,
     Histogram,
     IntervalSample,
     LogitEntry,
+    MatchedFeature,
     Neighbour,
     SaeInfo,
 )
 from saedex.errors import SaedexError
 from saedex.fingerprint import sae_fingerprint
-from saedex.store import documents
+from saedex.store import documents, matches
 from saedex.store.deadline import interruptible
 from saedex.store.edits import EditStore, edits_path
 from saedex.store.views import IndexView
@@ -140,6 +142,18 @@ class IndexReader:
         if info is None:
             raise SaedexError(f"unknown SAE: {sae_id!r}")
         return feature_vectors(indexed_weights(info), kind, indices)
+
+    # -- feature splitting across widths (saedex.store.matches, issue 17) ----------------------
+
+    def matches(
+        self, sae_id: str, indices: list[int], other: str | None = None, first: int | None = None
+    ) -> dict[int, list[MatchedFeature]]:
+        """Each feature's matches in another SAE (`saedex match`), best correlated first."""
+        return matches.feature_matches(self._rows, self.sae_map(), sae_id, indices, other, first)
+
+    def families(self, sae_id: str, indices: list[int]) -> dict[int, FeatureFamily]:
+        """Each feature's parents in narrower SAEs and children in wider ones."""
+        return matches.families(self._rows, self.sae_map(), sae_id, indices)
 
     # -- features ------------------------------------------------------------------------------
 

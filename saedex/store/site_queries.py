@@ -47,6 +47,16 @@ class SiteReader(IndexReader):
             [sae_id, lo, hi],
         )
 
+    def family_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
+        """feature -> [(other SAE, other feature, "parent" | "child", correlation)]: its parents,
+        then its children by cover (`saedex match`, saedex/store/matches.py; issue 17)."""
+        return self._by_feature(
+            "SELECT feature, other_sae_id, other_feature, relation, act_corr FROM feature_matches "
+            f"WHERE {_RANGE} AND relation IN ('parent', 'child') "
+            "ORDER BY feature, relation DESC, other_sae_id, cover DESC, other_feature",
+            [sae_id, lo, hi],
+        )
+
     def interval_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
         """feature -> [(interval, low, high, fraction)], highest interval first."""
         return self._by_feature(

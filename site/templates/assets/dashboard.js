@@ -205,7 +205,7 @@
       tok = (id) => vocab[id];
     }
     const ctxt = { page, context, tok, scale: f.mx };
-    section.replaceChildren(...dashboard(f, ctxt).flat().filter(Boolean));
+    section.replaceChildren(...dashboard(f, ctxt).flat(Infinity).filter(Boolean));
     section.classList.add("sx-drawn");
   }
 

@@ -1,0 +1,205 @@
+"""Single-process indexing against the same run sharded on a local Ray cluster, side by side.
+
+    python bench/ray_bench.py [--model default] [--sae default] [--corpus default]
+                              [--tokens 1000000] [--workers 2] [--shards 4] [--out FILE]
+
+Both sides index the same corpus prefix with the same settings into fresh stores, one after
+the other in this process (the single process first; then a local Ray cluster on 127.0.0.1
+with `--workers` CPUs, one torch thread per shard). Printed, and written as JSON to `--out`:
+wall times, the cluster's start, the merge (every shard's append into the run file) and the
+final aggregation, the driver's peak RSS during each (Linux's VmHWM, reset before the step:
+what the step adds over what the process already held, the driver's loaded model included),
+the shard and run file sizes per token, and the load average beside every figure: on a shared
+machine, background load moves the times (not the sizes), so read them with it. Both indexes
+are compared table by table at the end (tests/test_ray.py's comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from saedex.config import IndexConfig, RayConfig
+from saedex.indexer import sharding
+from saedex.indexer.indexing import IndexJob, run_index
+from saedex.indexer.model import load_model
+from saedex.memory import keep_freed_memory
+from saedex.store.catalog import Catalog
+from saedex.store.writer import IndexWriter
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> float:
+    """Reset VmHWM to the current RSS (Linux: clear_refs 5); returns that RSS in MB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return rss_mb()
+
+
+class DuckMemory:
+    """Peak of DuckDB's own buffer memory (`duckdb_memory()`) on a connection, polled every
+    20 ms from a thread (a cursor of the same database) while the block runs."""
+
+    def __init__(self, con):
+        self.cursor, self.peak, self._stop = con.cursor(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            used = self.cursor.execute(
+                "SELECT sum(memory_usage_bytes) FROM duckdb_memory()"
+            ).fetchone()[0]
+            self.peak = max(self.peak, used or 0)
+
+    def __enter__(self) -> DuckMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.cursor.close()
+
+
+class Step:
+    """Seconds, load and peak memory over all calls of one wrapped IndexWriter method (or a
+    function taking the writer first)."""
+
+    def __init__(self, name: str):
+        self.name, self.seconds, self.calls, self.peak_added_mb = name, 0.0, 0, 0.0
+        self.duck_peak_mb = 0.0
+        self.loads: list[float] = []
+
+    def wrap(self, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            base = reset_peak()
+            started = time.perf_counter()
+            try:
+                with DuckMemory(args[0].con) as duck:
+                    return fn(*args, **kwargs)
+            finally:
+                self.duck_peak_mb = max(self.duck_peak_mb, duck.peak / 2**20)
+                self.seconds += time.perf_counter() - started
+                self.calls += 1
+                self.peak_added_mb = max(self.peak_added_mb, rss_mb("VmHWM") - base)
+                self.loads.append(os.getloadavg()[0])
+
+        return timed
+
+    def report(self) -> dict:
+        load = max(self.loads) if self.loads else None
+        return {
+            "seconds": round(self.seconds, 2),
+            "calls": self.calls,
+            "peak_rss_added_mb": round(self.peak_added_mb, 1),
+            "duckdb_peak_mb": round(self.duck_peak_mb, 1),
+            "max_load_1min": load,
+        }
+
+
+def run(job: IndexJob, model, label: str) -> dict:
+    load = os.getloadavg()
+    started = time.perf_counter()
+    info = run_index(job, progress=False, model=model)
+    wall = time.perf_counter() - started
+    run_file = Catalog(job.db).complete()[info.id]
+    return {
+        "side": label,
+        "wall_s": round(wall, 1),
+        "tokens": info.n_tokens,
+        "tokens_per_s": round(info.n_tokens / wall, 1),
+        "run_file_bytes": run_file.stat().st_size,
+        "bytes_per_token": round(run_file.stat().st_size / info.n_tokens, 1),
+        "load_before": load,
+        "load_after": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--sae", default="default")
+    parser.add_argument("--corpus", default="default")
+    parser.add_argument("--tokens", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    keep_freed_memory()
+    cfg = IndexConfig(max_tokens=args.tokens)
+    model = load_model(args.model, None, None, False)
+    results: dict = {"tokens_asked": args.tokens, "workers": args.workers, "shards": args.shards}
+
+    finalize = Step("aggregation")
+    IndexWriter.finalize = finalize.wrap(IndexWriter.finalize)
+    with tempfile.TemporaryDirectory(dir=args.out.parent if args.out else None) as tmp:
+        single_db = Path(tmp) / "single.duckdb"
+        single = IndexJob(args.model, args.sae, args.corpus, single_db, "s", config=cfg)
+        results["single"] = run(single, model, "single process") | {
+            "aggregation": finalize.report()
+        }
+        _save(results, args.out)
+
+        import ray
+
+        load = os.getloadavg()
+        started = time.perf_counter()
+        sharding.start_local_cluster(ray, args.workers)
+        results["cluster_start"] = {"seconds": round(time.perf_counter() - started, 1)}
+        results["cluster_start"]["load_before"] = load
+        merge, finalize = Step("merge"), Step("aggregation")
+        IndexWriter.finalize = finalize.wrap(IndexWriter.finalize.__wrapped__)
+        sizes: list[int] = []
+        merge_shard = sharding.merge_shard
+
+        def merged(writer, sae_id, shard):
+            sizes.append(shard.path.stat().st_size)
+            return merge_shard(writer, sae_id, shard)
+
+        sharding.merge_shard = merge.wrap(merged)
+        try:
+            ray_cfg = RayConfig(shards=args.shards)
+            sharded = dataclasses.replace(single, db=Path(tmp) / "ray.duckdb", ray=ray_cfg)
+            results["ray"] = run(sharded, model, f"Ray, {args.workers} workers") | {
+                "merge": merge.report(),
+                "aggregation": finalize.report(),
+                "shard_file_bytes": sum(sizes),
+            }
+        finally:
+            ray.shutdown()
+        results["ray"]["shard_bytes_per_token"] = round(
+            results["ray"]["shard_file_bytes"] / results["ray"]["tokens"], 1
+        )
+        results["overhead"] = round(results["ray"]["wall_s"] / results["single"]["wall_s"], 3)
+        _save(results, args.out)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.test_ray import assert_same_index, dump
+
+        assert_same_index(dump(sharded.db), dump(single.db))
+        results["identical_tables"] = True
+    _save(results, args.out)
+
+
+def _save(results: dict, out: Path | None) -> None:
+    text = json.dumps(results, indent=1)
+    print(text, flush=True)
+    if out:
+        out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
