@@ -145,7 +145,7 @@ def show_explanations(reader, info: SaeInfo, console: Console, limit: int = 40) 
 
 
 STEER_PROMPT = "My favourite thing to do on a weekend is"
-STEER_MULTIPLE = 4.0  # x the feature's max activation (docs/steering.md: where steering shows)
+STEER_MULTIPLE = 2.0  # x max activation: one-word features show; 4x+ repeats (steering.md)
 
 
 def steerable_features(reader, info: SaeInfo, n: int) -> list[tuple[int, float, str]]:
