@@ -89,6 +89,13 @@ def records_of(path: Path, sae_id: str) -> dict:
         return rounded({"sae": info, "features": features, "page": page})
 
 
+def stored_then(recs: dict) -> dict:
+    """The records an index of an earlier version holds: all but co-activations (computed by
+    the run since schema 4; `saedex coactivations` adds them to an older run)."""
+    features = [{k: v for k, v in f.items() if k != "coactivations"} for f in recs["features"]]
+    return {**recs, "features": features}
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> dict:
     """A fresh index of the inputs the stored files were made from."""
@@ -156,7 +163,7 @@ def test_kill_inside_the_migration_leaves_the_old_file(version, n, fresh, tmp_pa
     proc = subprocess.run([sys.executable, "-c", KILL_INSIDE, str(path), str(n)])
     assert proc.returncode == -signal.SIGKILL
     assert version_of(path) == version  # nothing of the upgrade committed
-    assert records(path) == fresh  # and it upgrades on the next open
+    assert stored_then(records(path)) == stored_then(fresh)  # and it upgrades on the next open
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.8, 1.6])
@@ -170,7 +177,7 @@ def test_kill_at_any_time_leaves_old_or_new(delay, fresh, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert version_of(path) in (1, SCHEMA_VERSION)
-    assert records(path) == fresh
+    assert stored_then(records(path)) == stored_then(fresh)
 
 
 def test_new_runs_join_an_upgraded_single_file_index(fresh, tmp_path):
@@ -182,7 +189,7 @@ def test_new_runs_join_an_upgraded_single_file_index(fresh, tmp_path):
     run_index(job, False)
     with IndexReader(path) as reader:
         assert sorted(reader.sae_map()) == ["again", "tiny-sae"]
-    assert records_of(path, "tiny-sae") == fresh
+    assert stored_then(records_of(path, "tiny-sae")) == stored_then(fresh)
     again = records_of(path, "again")
     assert (again["features"], again["page"]) == (fresh["features"], fresh["page"])
     replace = IndexJob(str(model), str(sae), str(corpus), path, overwrite=True, config=SETTINGS)
