@@ -21,9 +21,9 @@ from tests.test_resume import dump, index_cmd, kill_when
 runner = CliRunner()
 
 
-def index(model, sae, corpus, db, *extra):
+def index(model, sae, corpus, db, *extra, sae_id="s"):
     args = ["index", "--model", str(model), "--sae", str(sae), "--corpus", str(corpus)]
-    args += ["--db", str(db), "--sae-id", "s", "--context-size", "24", "--quiet", *extra]
+    args += ["--db", str(db), "--sae-id", sae_id, "--context-size", "24", "--quiet", *extra]
     return runner.invoke(app, args)
 
 
@@ -113,7 +113,7 @@ def test_resume_with_other_sae_refused(tiny_model, tmp_path):
     db = tmp_path / "partial.duckdb"
     assert kill_when(index_cmd(tiny_model, sae, corpus, db), db, 30_000)
     other = build_tiny_sae(tmp_path / "other", "topk", seed=9)
-    result = index(tiny_model, other, corpus, db, "--sae-id", "sae")
+    result = index(tiny_model, other, corpus, db, sae_id="sae")
     assert result.exit_code == 2 and "SAE weights" in result.output, result.output
 
 
