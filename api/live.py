@@ -210,7 +210,7 @@ def steer_drop(models: LiveModels, key: int) -> None:
 
 
 def steer_result(models: LiveModels, info: SaeInfo, key: int, max_activations: dict):
-    """The Steering record of a finished generation (one more forward for the shifts)."""
+    """The Steering record of a finished generation (the shifts came with its steps)."""
     from saedex.steering import Completion, SteeredFeature, Steering, Step
 
     gen = _GENERATIONS.pop(key)

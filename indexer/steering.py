@@ -101,7 +101,13 @@ class Side:
 
 class PairGeneration:
     """Default (row 0) and steered (row 1) completions of one prompt, batched with a KV cache,
-    one `step()` per token so that a caller can interleave other model work between steps."""
+    one `step()` per token so that a caller can interleave other model work between steps.
+
+    The per-step token shifts need the unsteered model's next-token distribution on the
+    steered prefix. A third row (2, no edit) follows row 1's tokens and gives it at each step
+    from the same cached forward: a decode step on CPU is bound by reading the weights, so a
+    third row costs little, where re-running the whole steered text at the end cost a forward
+    over every token (and kept a 49k-float distribution per step)."""
 
     def __init__(
         self,
@@ -114,11 +120,11 @@ class PairGeneration:
         self.model, self.sae, self.req = model, sae, req
         self.prompt = ids
         skip_first = bool(ids) and ids[0] == model.bos_token_id
-        self.hook = Intervention(
-            sae, req.features, req.mode, [False, True], skip_first, sink_norm_multiple
-        )
+        self.n_rows = 3 if req.n_shifts else 2
+        rows = [False, True, False][: self.n_rows]
+        self.hook = Intervention(sae, req.features, req.mode, rows, skip_first, sink_norm_multiple)
         self.sides = [Side([], []), Side([], [])]
-        self.steered_logp: list[torch.Tensor] = []
+        self.steps_shifts: list[tuple[list[TokenShift], list[TokenShift]]] = []
         self.generators = [torch.Generator().manual_seed(req.seed) for _ in self.sides]
         self.cache = None
         self.eos = model.tokenizer.eos_token_id
@@ -127,9 +133,10 @@ class PairGeneration:
     def step(self) -> bool:
         """Generate one token on both sides; False when both are finished."""
         if self.cache is None:
-            inputs = torch.tensor([self.prompt] * 2)
+            inputs = torch.tensor([self.prompt] * self.n_rows)
         else:
-            inputs = torch.tensor([[s.token_ids[-1]] for s in self.sides])
+            default, steered = (s.token_ids[-1] for s in self.sides)
+            inputs = torch.tensor([default, steered, steered][: self.n_rows])[:, None]
         bridge = self.model.bridge
         with bridge.hooks(fwd_hooks=[(self.sae.cfg.hook_name, self.hook)]):
             logits, self.cache = bridge(
@@ -138,16 +145,15 @@ class PairGeneration:
                 past_key_values=self.cache,
             )
         logp = logits[:, -1].float().log_softmax(-1).cpu()
-        self.steered_logp.append(logp[1])
         for row, side in enumerate(self.sides):
             token = self._choose(logp[row], self.generators[row])
             if not side.done:
-                side.token_ids.append(token)
                 side.logprobs.append(float(logp[row, token]))
                 side.done = token == self.eos
-            else:
-                side.token_ids.append(token)  # keeps the cache rows in step; dropped later
-        n = len(self.steered_logp)
+                if row == 1 and self.n_rows == 3:
+                    self.steps_shifts.append(self._shifts(logp[1], logp[2]))
+            side.token_ids.append(token)  # after EOS: keeps the cache rows in step; dropped
+        n = len(self.sides[0].token_ids)
         return n < self.req.n_tokens and not all(s.done for s in self.sides)
 
     def _choose(self, logp: torch.Tensor, generator: torch.Generator) -> int:
@@ -156,23 +162,23 @@ class PairGeneration:
         probs = (logp / self.req.temperature).softmax(-1)
         return int(torch.multinomial(probs, 1, generator=generator))
 
+    def _shifts(self, steered: torch.Tensor, plain: torch.Tensor):
+        probs = steered.exp()
+        return token_shifts(self.model, probs - plain.exp(), probs, self.req.n_shifts)
+
     def completion(self, row: int) -> tuple[list[int], list[float]]:
         """A side's tokens up to and including its first EOS, and their log-probs."""
         side = self.sides[row]
         return side.token_ids[: len(side.logprobs)], side.logprobs
 
-    @torch.inference_mode()
     def shifts(self, k: int) -> list[tuple[list[TokenShift], list[TokenShift]]]:
-        """Per steered step, the tokens the edit raised and lowered most: the steered model's
-        next-token probabilities against the unsteered model's on the same steered prefix."""
+        """Per steered step, the k (at most the request's `n_shifts`) tokens the edit raised
+        and lowered most: the steered model's next-token probabilities against the unsteered
+        model's on the same steered prefix (row 2, computed as the steps ran)."""
         ids, _ = self.completion(1)
-        if k == 0 or not ids:
+        if self.n_rows == 2:
             return [([], []) for _ in ids]
-        seq = torch.tensor([self.prompt + ids[:-1]], device=self.model.device)
-        logits = self.model.bridge(seq, return_type="logits")[0, len(self.prompt) - 1 :]
-        plain = logits.float().log_softmax(-1).cpu().exp()
-        steered = torch.stack(self.steered_logp[: len(ids)]).exp()
-        return [token_shifts(self.model, s - p, s, k) for s, p in zip(steered, plain, strict=True)]
+        return [(up[:k], down[:k]) for up, down in self.steps_shifts[: len(ids)]]
 
 
 def token_shifts(model: LoadedModel, delta: torch.Tensor, probs: torch.Tensor, k: int):

@@ -122,6 +122,45 @@ def test_sampling_uses_the_same_seed_on_both_sides(model, sae):
     assert other.completion(0) != a.completion(0)
 
 
+def test_shifts_are_the_steered_against_the_unsteered_model_on_the_steered_prefix(model, sae):
+    """Row 2 of the batch (no edit, fed the steered tokens) against a brute-force reference:
+    the unsteered model run over the whole steered text."""
+    req = SteerRequest(PROMPT, (FeatureEdit(3, 4.0),), "add", 10, n_shifts=4)
+    gen = generate(model, sae, req)
+    ids, _ = gen.completion(1)
+    with torch.inference_mode():
+        seq = torch.tensor([gen.prompt + ids[:-1]])
+        plain = model.bridge(seq, return_type="logits")[0, len(gen.prompt) - 1 :].softmax(-1)
+        steered = steered_probs(model, sae, req, gen.prompt, ids)
+    shifts = gen.shifts(4)
+    assert len(shifts) == len(ids) and any(up for up, _ in shifts)
+    for step, (raised, lowered) in enumerate(shifts):
+        delta = steered[step] - plain[step]
+        assert len(raised) == len(lowered) == 4
+        assert math.isclose(raised[0].delta, float(delta.max()), abs_tol=1e-5)
+        assert math.isclose(lowered[0].delta, float(delta.min()), abs_tol=1e-5)
+        for s in raised + lowered:
+            assert math.isclose(s.delta, float(delta[s.token_id]), abs_tol=1e-5)
+            assert math.isclose(s.probability, float(steered[step, s.token_id]), abs_tol=1e-5)
+    assert [len(u) for u, _ in gen.shifts(2)] == [2] * len(ids)
+
+
+def steered_probs(model, sae, req, prompt: list[int], ids: list[int]) -> torch.Tensor:
+    """The steered model's next-token probabilities over the steered text, without a cache."""
+    hook = Intervention(sae, req.features, req.mode, [True], True, 0.0)
+    with model.bridge.hooks(fwd_hooks=[(sae.cfg.hook_name, hook)]):
+        logits = model.bridge(torch.tensor([prompt + ids[:-1]]), return_type="logits")
+    return logits[0, len(prompt) - 1 :].softmax(-1)
+
+
+def test_no_shifts_asked_runs_two_rows(model, sae):
+    req = SteerRequest(PROMPT, (FeatureEdit(3, 4.0),), "add", 6, n_shifts=0)
+    gen = generate(model, sae, req)
+    with_shifts = generate(model, sae, SteerRequest(**{**req.__dict__, "n_shifts": 3}))
+    assert gen.n_rows == 2 and gen.shifts(0) == [([], [])] * 6
+    assert gen.completion(1)[0] == with_shifts.completion(1)[0]
+
+
 def test_ablation_effect(model, wide_topk):
     sae = wide_topk
     ids = prompt_ids(model, PROMPT, True, False)
