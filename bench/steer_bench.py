@@ -1,12 +1,21 @@
 """Steering speed: side-by-side generation on the default model and the shipped SAE (issue 16.4).
 
-    python bench/steer_bench.py [--runs 10] [--threads 2] [--tokens 32] [--no-reference]
+    python bench/steer_bench.py [--runs 10] [--threads 2] [--tokens 32] [--dtype float32]
+        [--no-reference]
 
-Times what `steer` does for one request: 32 new tokens for both sides (default and steered, one
-batch of two rows, one KV cache) plus the one forward over the steered text for the per-step
-token shifts (saedex's `PairGeneration`), p50 and max over --runs after a warm-up; beside it, in
-the same run, the same generation without the KV cache (the whole sequence recomputed at each
-step), the reference the cache is measured against. The target is p50 <= 2.5 s on 2 idle cores.
+Times what `steer` does for one request: 32 new tokens for both sides (default and steered) with
+the per-step token shifts, as saedex's `PairGeneration` runs it (one batch of three rows: the
+default, the steered, and the unsteered model fed the steered tokens for the shifts; one KV
+cache), p50 and max over --runs after a warm-up. Beside it, in the same run, the references
+that say where the time goes:
+- `two rows, shifts re-run`: the former design, two rows and then one forward over the whole
+  steered text for the shifts;
+- `bridge, no hook`: the TransformerLens bridge with the same KV cache and two rows, no edit
+  and no shifts (the cost of the hook and the third row is the gap to saedex's figure);
+- `HF model, no bridge`: the same decode loop on the plain transformers model the bridge wraps
+  (a second copy; the cost of TransformerLens's wrapping is the gap to the bridge's figure);
+- `no cache`: the whole sequence recomputed at every step (skip with --no-reference).
+The target is p50 <= 2.5 s on 2 idle cores.
 
 Prints one line per figure, each with the load average and the core count: the machine may be
 shared, and a figure taken under load says so. What is measured elsewhere (what steering does
@@ -22,24 +31,76 @@ import time
 
 import torch
 
+from saedex.steering import FeatureEdit, SteerRequest
+
 PROMPT = "Once upon a time,"
 
 
-def load_default():
+def load_default(dtype: str):
     from saedex.indexer.model import load_model
     from saedex.indexer.sae import load_sae, resolve_sae
 
-    return load_model("default", "cpu", progress=False), load_sae(resolve_sae("default"))
+    model = load_model("default", "cpu", dtype, progress=False)
+    return model, load_sae(resolve_sae("default")).to(model.device)
 
 
 def cached_run(model, sae, ids, req) -> None:
-    """One request as the API runs it: both sides with a KV cache, then the token shifts."""
+    """One request as the API runs it: three rows with a KV cache, the shifts at each step."""
     from saedex.indexer.steering import PairGeneration
 
     gen = PairGeneration(model, sae, ids, req, 4.0)
     while gen.step():
         pass
     gen.shifts(req.n_shifts)
+
+
+def rerun_shifts_run(model, sae, ids, req) -> None:
+    """The former design: two rows, then the unsteered model over the whole steered text."""
+    from saedex.indexer.steering import PairGeneration
+
+    gen = PairGeneration(model, sae, ids, SteerRequest(**{**req.__dict__, "n_shifts": 0}), 4.0)
+    while gen.step():
+        pass
+    steered, _ = gen.completion(1)
+    with torch.inference_mode():
+        seq = torch.tensor([ids + steered[:-1]])
+        model.bridge(seq, return_type="logits").float().log_softmax(-1)
+
+
+@torch.inference_mode()
+def decode_loop(forward, ids, n_tokens: int) -> None:
+    """Greedy decoding of two rows with a KV cache; `forward(inputs, cache)` -> logits, cache."""
+    logits, cache = forward(torch.tensor([ids] * 2), None)
+    for _ in range(n_tokens - 1):
+        logits, cache = forward(logits[:, -1].argmax(-1, keepdim=True), cache)
+
+
+def bridge_run(model, sae, ids, req) -> None:
+    """The bridge alone: no hook, no third row."""
+
+    def forward(inputs, cache):
+        return model.bridge(inputs, return_type="logits_and_cache", past_key_values=cache)
+
+    decode_loop(forward, ids, req.n_tokens)
+
+
+def hf_runner(dtype: str):
+    """The plain transformers model (its own copy, not wrapped by a bridge)."""
+    from transformers import AutoModelForCausalLM
+
+    from saedex.indexer.model import default_model_dir, resolve_dtype
+
+    hf = AutoModelForCausalLM.from_pretrained(str(default_model_dir()), dtype=resolve_dtype(dtype))
+    hf.eval()
+
+    def forward(inputs, cache):
+        out = hf(inputs, past_key_values=cache, use_cache=True)
+        return out.logits, out.past_key_values
+
+    def run(model, sae, ids, req) -> None:
+        decode_loop(forward, ids, req.n_tokens)
+
+    return run
 
 
 def uncached_run(model, sae, ids, req) -> None:
@@ -64,16 +125,21 @@ def load_note() -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from saedex.indexer.steering import prompt_ids
-    from saedex.steering import FeatureEdit, SteerRequest
 
     torch.set_num_threads(args.threads)
-    model, sae = load_default()
+    model, sae = load_default(args.dtype)
     req = SteerRequest(PROMPT, (FeatureEdit(100, 8.0),), "add", args.tokens)
     ids = prompt_ids(model, req.prompt, True, False)
-    runs = {"KV cache (saedex)": cached_run}
+    runs = {
+        "KV cache (saedex)": cached_run,
+        "two rows, shifts re-run (former)": rerun_shifts_run,
+        "bridge, no hook": bridge_run,
+        "HF model, no bridge": hf_runner(args.dtype),
+    }
     if args.reference:
         runs["no cache (reference)"] = uncached_run
-    cached_run(model, sae, ids, req)  # warm-up
+    for fn in runs.values():
+        fn(model, sae, ids, req)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}
     before = load_note()
     for _ in range(args.runs):
@@ -82,12 +148,12 @@ def main(argv=None) -> None:
             fn(model, sae, ids, req)
             times[name].append(time.perf_counter() - started)
     after = load_note()
-    what = f"{args.tokens} new tokens x 2 sides, default model + shipped SAE, CPU"
+    what = f"{args.tokens} new tokens x 2 sides, default model + shipped SAE, {args.dtype}, CPU"
     for name, t in times.items():
         print(
             f"steer_bench {name}: p50 {statistics.median(t):.2f} s, max {max(t):.2f} s over "
-            f"{len(t)} runs ({what}, torch {args.threads} threads; {before} before, {after} "
-            "after)"
+            f"{len(t)} runs, {statistics.median(t) / args.tokens * 1000:.0f} ms/token ({what}, "
+            f"torch {args.threads} threads; {before} before, {after} after)"
         )
     if args.reference:
         ratio = statistics.median(times["no cache (reference)"]) / statistics.median(
@@ -101,6 +167,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=32, help="new tokens per side")
+    p.add_argument("--dtype", default="float32", help="float32 (the index's), bfloat16, float16")
     p.add_argument(
         "--no-reference", dest="reference", action="store_false",
         help="skip the uncached reference (faster)",

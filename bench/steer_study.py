@@ -2,7 +2,7 @@
 
     python bench/steer_study.py --db INDEX [--sae ID] [--features 20] [--tokens 16]
         [--strengths 0,2,4,8] [--examples 10] [--threads 1] [--out docs/steering-study.svg]
-        [--json results.json] [--part K/N]
+        [--json results.json] [--part K/N] [--only INDEX,...]
     python bench/steer_study.py --merge part1.json part2.json [--out ...]
 
 INDEX is an index of the shipped SAE (`saedex index --db INDEX`, default model and corpus).
@@ -466,6 +466,11 @@ def measure(args) -> dict:
         if args.part:
             k, n = args.part
             picks = picks[k - 1 :: n]
+        if args.only:
+            missing = set(args.only) - {p.index for p in picks}
+            if missing:
+                raise SystemExit(f"--only: the rule does not pick feature(s) {sorted(missing)}")
+            picks = [p for p in picks if p.index in args.only]
         print(f"index {args.db} ({info.id}, {info.n_tokens:,} tokens); {len(picks)} features; "
               f"{len(PROMPTS)} prompts x {args.tokens} tokens; strengths {strengths}", flush=True)  # fmt: skip
         for pick in picks:
@@ -518,6 +523,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--part", type=lambda s: tuple(int(x) for x in s.split("/")),
         help="K/N: only every N-th feature from the K-th (run N parts side by side, each with "
         "--json, then --merge them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--only", type=lambda s: {int(x) for x in s.split(",")},
+        help="INDEX,...: only these of the picked features (to finish a run stopped early)",
     )  # fmt: skip
     p.add_argument("--merge", type=Path, nargs="+", help="report the parts' JSON files")
     return p.parse_args(argv)
