@@ -153,6 +153,30 @@ def steered_probs(model, sae, req, prompt: list[int], ids: list[int]) -> torch.T
     return logits[0, len(prompt) - 1 :].softmax(-1)
 
 
+def test_the_edit_is_gone_between_steps(model, sae):
+    """Other model work (activeFeatures) runs between a generation's steps: it must see the
+    plain model, with no hook left on the hook point, also after a step that failed."""
+    tokens = torch.tensor([prompt_ids(model, PROMPT, True, False)])
+    with torch.inference_mode():
+        before = model.bridge(tokens, return_type="logits")
+    gen = PairGeneration(
+        model, sae, tokens[0].tolist(), SteerRequest(PROMPT, (FeatureEdit(3, 40.0),)), 0.0
+    )
+    gen.step()
+    point = model.bridge.hook_dict[sae.cfg.hook_name]
+    assert not point.fwd_hooks
+    with torch.inference_mode():
+        assert torch.equal(model.bridge(tokens, return_type="logits"), before)
+
+    def broken(act, hook=None):
+        raise RuntimeError("the edit failed")
+
+    gen.hook = broken
+    with pytest.raises(RuntimeError, match="the edit failed"):
+        gen.step()
+    assert not point.fwd_hooks
+
+
 def test_no_shifts_asked_runs_two_rows(model, sae):
     req = SteerRequest(PROMPT, (FeatureEdit(3, 4.0),), "add", 6, n_shifts=0)
     gen = generate(model, sae, req)
