@@ -123,8 +123,8 @@ def test_sampling_uses_the_same_seed_on_both_sides(model, sae):
 
 
 def test_shifts_are_the_steered_against_the_unsteered_model_on_the_steered_prefix(model, sae):
-    """Row 2 of the batch (no edit, fed the steered tokens) against a brute-force reference:
-    the unsteered model run over the whole steered text."""
+    """The shifts (the unsteered model's steered tokens run over row 0's prompt cache) against
+    a brute-force reference: both models run over the whole steered text, no cache."""
     req = SteerRequest(PROMPT, (FeatureEdit(3, 4.0),), "add", 10, n_shifts=4)
     gen = generate(model, sae, req)
     ids, _ = gen.completion(1)
@@ -177,12 +177,12 @@ def test_the_edit_is_gone_between_steps(model, sae):
     assert not point.fwd_hooks
 
 
-def test_no_shifts_asked_runs_two_rows(model, sae):
+def test_no_shifts_asked_keeps_no_prompt_cache(model, sae):
     req = SteerRequest(PROMPT, (FeatureEdit(3, 4.0),), "add", 6, n_shifts=0)
     gen = generate(model, sae, req)
     with_shifts = generate(model, sae, SteerRequest(**{**req.__dict__, "n_shifts": 3}))
-    assert gen.n_rows == 2 and gen.shifts(0) == [([], [])] * 6
-    assert gen.completion(1)[0] == with_shifts.completion(1)[0]
+    assert gen.prompt_cache is None and gen.shifts(0) == [([], [])] * 6
+    assert gen.completion(1) == with_shifts.completion(1)
 
 
 def test_ablation_effect(model, wide_topk):
