@@ -4,14 +4,14 @@
         [--no-reference]
 
 Times what `steer` does for one request: 32 new tokens for both sides (default and steered) with
-the per-step token shifts, as saedex's `PairGeneration` runs it (one batch of three rows: the
-default, the steered, and the unsteered model fed the steered tokens for the shifts; one KV
-cache), p50 and max over --runs after a warm-up. Beside it, in the same run, the references
+the per-step token shifts, as saedex's `PairGeneration` runs it (one batch of two rows, one KV
+cache; then, for the shifts, the steered tokens in one pass over the unsteered row's cached
+prompt), p50 and max over --runs after a warm-up. Beside it, in the same run, the references
 that say where the time goes:
-- `two rows, shifts re-run`: the former design, two rows and then one forward over the whole
-  steered text for the shifts;
+- `two rows, shifts re-run`: the former design, the same two rows and then one forward over
+  the prompt and the steered text, no cache;
 - `bridge, no hook`: the TransformerLens bridge with the same KV cache and two rows, no edit
-  and no shifts (the cost of the hook and the third row is the gap to saedex's figure);
+  and no shifts (the cost of the hook and the shifts is the gap to saedex's figure);
 - `HF model, no bridge`: the same decode loop on the plain transformers model the bridge wraps
   (a second copy; the cost of TransformerLens's wrapping is the gap to the bridge's figure);
 - `no cache`: the whole sequence recomputed at every step (skip with --no-reference).
@@ -45,7 +45,7 @@ def load_default(dtype: str):
 
 
 def cached_run(model, sae, ids, req) -> None:
-    """One request as the API runs it: three rows with a KV cache, the shifts at each step."""
+    """One request as the API runs it: two rows with a KV cache, then the shifts."""
     from saedex.indexer.steering import PairGeneration
 
     gen = PairGeneration(model, sae, ids, req, 4.0)
