@@ -66,3 +66,6 @@ def test_chat_template_and_a_strong_edit_changes_the_completion(default):
     gen = generate(model, sae, req)
     assert model.tokenizer.decode(gen.prompt).startswith("<|im_start|>")
     assert gen.completion(0)[0] != gen.completion(1)[0]
+    shifts = gen.shifts(3)  # the steered tokens over the unsteered row's cached prompt
+    assert len(shifts) == len(gen.completion(1)[0])
+    assert all(len(up) == len(down) == 3 and up[0].delta > 0 > down[0].delta for up, down in shifts)
