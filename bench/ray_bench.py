@@ -9,8 +9,9 @@ with `--workers` CPUs, one torch thread per shard). Printed, and written as JSON
 wall times, the cluster's start, the merge (every shard's append into the run file) and the
 final aggregation, the driver's peak RSS during each (Linux's VmHWM, reset before the step:
 what the step adds over what the process already held, the driver's loaded model included),
-the shard and run sizes per token (run file plus its Parquet folder), and the load average beside every figure: on a shared
-machine, background load moves the times (not the sizes), so read them with it. Both indexes
+the shard and run sizes per token (run file plus its Parquet folder), and the load average
+beside every figure: on a shared machine, background load moves the times (not the sizes), so
+read them with it. Both indexes
 are compared table by table at the end (tests/test_ray.py's comparison).
 """
 
