@@ -9,8 +9,9 @@ with `--workers` CPUs, one torch thread per shard). Printed, and written as JSON
 wall times, the cluster's start, the merge (every shard's append into the run file) and the
 final aggregation, the driver's peak RSS during each (Linux's VmHWM, reset before the step:
 what the step adds over what the process already held, the driver's loaded model included),
-the shard and run file sizes per token, and the load average beside every figure: on a shared
-machine, background load moves the times (not the sizes), so read them with it. Both indexes
+the shard and run sizes per token (run file plus its Parquet folder), and the load average
+beside every figure: on a shared machine, background load moves the times (not the sizes), so
+read them with it. Both indexes
 are compared table by table at the end (tests/test_ray.py's comparison).
 """
 
@@ -32,6 +33,7 @@ from saedex.indexer import sharding
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.indexer.model import load_model
 from saedex.memory import keep_freed_memory
+from saedex.store import bulk
 from saedex.store.catalog import Catalog
 from saedex.store.writer import IndexWriter
 
@@ -117,13 +119,16 @@ def run(job: IndexJob, model, label: str) -> dict:
     info = run_index(job, progress=False, model=model)
     wall = time.perf_counter() - started
     run_file = Catalog(job.db).complete()[info.id]
+    stored = run_file.stat().st_size + sum(  # a compacted run keeps its bulk tables in Parquet
+        f.stat().st_size for f in bulk.folder(run_file).glob("*") if f.is_file()
+    )
     return {
         "side": label,
         "wall_s": round(wall, 1),
         "tokens": info.n_tokens,
         "tokens_per_s": round(info.n_tokens / wall, 1),
-        "run_file_bytes": run_file.stat().st_size,
-        "bytes_per_token": round(run_file.stat().st_size / info.n_tokens, 1),
+        "run_bytes": stored,
+        "bytes_per_token": round(stored / info.n_tokens, 1),
         "load_before": load,
         "load_after": os.getloadavg(),
     }

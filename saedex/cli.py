@@ -19,6 +19,7 @@ from saedex.config import (
     SiteConfig,
     TrainConfig,
 )
+from saedex.demo import DemoConfig
 from saedex.errors import SaedexError
 from saedex.options import config_options
 
@@ -386,13 +387,9 @@ def show(
 
 @app.command()
 @user_errors
+@config_options("cfg", DemoConfig)
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the index and site go.")] = Path("demo"),
-    max_tokens: Annotated[
-        int, typer.Option(help="Tokens of the default corpus to index.")
-    ] = 300_000,
-    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    cfg: DemoConfig,
     serve: Annotated[bool, typer.Option(help="Serve when ready (--no-serve: build only).")] = True,
     quiet: Quiet = False,
 ):
@@ -402,7 +399,6 @@ def demo(
     """
     from saedex import demo as demo_job
 
-    cfg = demo_job.DemoConfig(workdir, max_tokens, host, port)
     info, site_dir = demo_job.prepare(cfg, console, progress=not quiet)
     console.rule("steering: one feature turned up")
     demo_job.steering_example(cfg.db, info, console)

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from saedex.config import ExplainConfig, IndexConfig, ServeConfig, SiteConfig
+from saedex.config import (
+    ExplainConfig,
+    IndexConfig,
+    ServeConfig,
+    SiteConfig,
+    setting,
+    validate,
+)
 from saedex.data import SaeInfo
 
 DEMO_TOKENS = 300_000
@@ -22,10 +29,13 @@ EXPLAIN_SECONDS = 120.0  # the demo explains as many features as fit in this (2 
 class DemoConfig:
     """Where the demo writes, how much of the default corpus it indexes, where it serves."""
 
-    workdir: Path = Path("demo")
-    max_tokens: int = DEMO_TOKENS
-    host: str = "127.0.0.1"
-    port: int = 8000
+    workdir: Path = setting(Path("demo"), "Where the index and site go.")
+    max_tokens: int = setting(DEMO_TOKENS, "Tokens of the default corpus to index.", min=1)
+    host: str = setting("127.0.0.1", "Address to serve on.")
+    port: int = setting(8000, "Port to serve on.", min=1, max=65535)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     @property
     def db(self) -> Path:

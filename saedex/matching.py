@@ -361,33 +361,37 @@ def match_and_store(db, a: str, b: str, cfg: MatchConfig | None = None) -> Match
 
 
 def store_matching(db, result: Matching) -> None:
-    """Publish the pair's rows in `feature_matches` (saedex.store.matches): the matches both
-    ways, and each parent's family row (its children's count and their joint cover)."""
+    """Publish the pair's rows (saedex.store.matches): the matches both ways in
+    `feature_matches`, and each parent's family (its children's count and their joint cover)
+    in `feature_families`."""
     import pyarrow as pa
 
-    from saedex.store.matches import FAMILY, write_matches
+    from saedex.store.matches import write_matches
 
     rows = result.rows
+    matches = pa.table(
+        {
+            "sae_id": [r.sae_id for r in rows],
+            "feature": pa.array([r.feature for r in rows], pa.int32()),
+            "other_sae_id": [r.other_sae_id for r in rows],
+            "other_feature": pa.array([r.other_feature for r in rows], pa.int32()),
+            "decoder_cos": pa.array([r.cosine for r in rows], pa.float32()),
+            "act_corr": pa.array([r.correlation for r in rows], pa.float32()),
+            "co_count": pa.array([r.cofiring for r in rows], pa.int64()),
+            "cover": pa.array([r.cover for r in rows], pa.float32()),
+            "relation": [r.relation for r in rows],
+        }
+    )
     cover = result.family_cover
     parents = np.flatnonzero(~np.isnan(cover))
     n_children = np.bincount(result.parent[result.parent >= 0], minlength=len(cover))
-    table = pa.table(
+    families = pa.table(
         {
-            "sae_id": [r.sae_id for r in rows] + [result.narrow] * len(parents),
-            "feature": pa.array([r.feature for r in rows] + parents.tolist(), pa.int32()),
-            "other_sae_id": [r.other_sae_id for r in rows] + [result.wide] * len(parents),
-            "other_feature": pa.array(
-                [r.other_feature for r in rows] + [-1] * len(parents), pa.int32()
-            ),
-            "decoder_cos": pa.array([r.cosine for r in rows] + [None] * len(parents), pa.float32()),
-            "act_corr": pa.array(
-                [r.correlation for r in rows] + [None] * len(parents), pa.float32()
-            ),
-            "co_count": pa.array(
-                [r.cofiring for r in rows] + n_children[parents].tolist(), pa.int64()
-            ),
-            "cover": pa.array([r.cover for r in rows] + cover[parents].tolist(), pa.float32()),
-            "relation": [r.relation for r in rows] + [FAMILY] * len(parents),
+            "sae_id": [result.narrow] * len(parents),
+            "feature": pa.array(parents, pa.int32()),
+            "other_sae_id": [result.wide] * len(parents),
+            "n_children": pa.array(n_children[parents], pa.int32()),
+            "cover": pa.array(cover[parents], pa.float32()),
         }
     )
-    write_matches(db, result.narrow, result.wide, table)
+    write_matches(db, result.narrow, result.wide, matches, families)

@@ -22,6 +22,7 @@ from saedex.config import (
     setting,
     validate,
 )
+from saedex.demo import DemoConfig
 from saedex.options import config_options, flag
 
 runner = CliRunner()
@@ -39,6 +40,7 @@ def invoke(*args: str):
         ("train-sae", TrainConfig),
         ("serve", ServeConfig),
         ("export-site", SiteConfig),
+        ("demo", DemoConfig),
     ],
 )
 def test_every_config_field_is_an_option_with_its_help(command, config):

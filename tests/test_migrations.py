@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import os
 import shutil
 import signal
@@ -26,9 +27,12 @@ from saedex.indexer.indexing import IndexJob, run_index
 from saedex.store import SCHEMA_VERSION, IndexReader, coactivation
 from saedex.store.catalog import runs_dir
 from saedex.store.schema import stored_version
+from saedex.store.views import connect
 from tests.data.make_schema2 import SETTINGS, write_inputs
+from tests.data.make_schema5 import family_records
 
 DATA = Path(__file__).parent / "data"
+SCHEMA5_RECORDS = json.loads((DATA / "schema5-records.json").read_text())
 # What differs between two runs of the same inputs, or was not recorded before schema 3.
 NOT_COMPARED = {
     "sae_id", "model_name", "sae_path", "corpus", "started_at", "finished_at", "duration_s", "model_fingerprint",
@@ -119,6 +123,39 @@ def test_stored_old_index_upgrades_to_the_fresh_records(version, fresh, tmp_path
     coactivation.publish(path, info.id, IndexConfig().coactivations)  # saedex coactivations
     assert records(path) == fresh
     assert records(path) == fresh  # and it opens again as it is
+
+
+def test_schema5_matches_keep_their_families(tmp_path):
+    """Schema 5 kept a family's children count and cover as a `feature_matches` row; upgraded,
+    every feature's matches and family read as that saedex read them (the oracle it wrote,
+    tests/data/make_schema5.py), from `feature_families`."""
+    path = unpack(5, tmp_path)
+    files = [path, *runs_dir(path).glob("*.duckdb")]
+    assert len(files) == 4 and {version_of(f) for f in files} == {5}  # base, 2 runs, matches
+    assert rounded(family_records(path)) == rounded(SCHEMA5_RECORDS)
+    assert {version_of(f) for f in files} == {SCHEMA_VERSION}
+    con = connect(path)
+    moved = "SELECT count(*) FROM feature_matches WHERE relation = 'family' OR other_feature < 0"
+    assert con.execute(moved).fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM feature_families").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_kill_inside_the_families_migration(n, tmp_path):
+    """Killed between copying the family rows and deleting them: nothing committed."""
+    path = unpack(5, tmp_path)
+    derived = next(runs_dir(path).glob("derived-*.duckdb"))
+    upgrade_derived = KILL_INSIDE.replace(
+        "from saedex.store import IndexReader\nIndexReader(sys.argv[1])",
+        "from saedex.store.connection import open_db\n"
+        "from saedex.store.schema import ensure_schema\n"
+        "ensure_schema(open_db(sys.argv[1]), sys.argv[1])",
+    )
+    assert upgrade_derived != KILL_INSIDE
+    proc = subprocess.run([sys.executable, "-c", upgrade_derived, str(derived), str(n)])
+    assert proc.returncode == -signal.SIGKILL
+    assert version_of(derived) == 5
+    assert rounded(family_records(path)) == rounded(SCHEMA5_RECORDS)
 
 
 def test_newer_index_is_refused_untouched(tmp_path):

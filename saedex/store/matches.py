@@ -1,13 +1,14 @@
-"""Feature matches across SAEs (issue 17, docs/splitting.md): the `feature_matches` rows that
-`saedex match` computes, published as a derived file (saedex/store/derived.py), and read back.
+"""Feature matches across SAEs (issue 17, docs/splitting.md): the `feature_matches` and
+`feature_families` rows that `saedex match` computes, published as a derived file
+(saedex/store/derived.py), and read back.
 
 Rows per matched pair of SAEs (narrow, wide), both ways: each feature's best matches in the
 other SAE, and its relations (`parent` on a wide feature's row, `child` on a narrow one's).
-A narrow feature with children also gets one FAMILY row per wide SAE (`other_feature` -1,
-`co_count` its number of children, `cover` the share of its activation mass on tokens where any
-child fires), as the table has no column of its own for it. Whether a relation is *clear* is
-not stored either: it is read from the stored correlation and containment (co_count / n_active
-of the pair's wider feature) against MatchConfig's thresholds.
+A narrow feature with children also has one `feature_families` row per wide SAE: its number of
+children and their cover (the share of its activation mass on tokens where any child fires).
+Whether a relation is *clear* is not stored: it is read from the stored correlation and
+containment (co_count / n_active of the pair's wider feature) against MatchConfig's
+thresholds, so that changing them needs no recomputation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pyarrow as pa
 from saedex.config import MatchConfig
 from saedex.data import FeatureFamily, MatchedFeature, SaeInfo
 
-FAMILY = "family"
 PARENT = "parent"
 CHILD = "child"
 Query = Callable[[str, list], list[tuple]]
@@ -42,13 +42,17 @@ def is_matched(db: str | Path, narrow: str, wide: str) -> bool:
     return derived_key(narrow, wide) in Catalog(Path(db)).snapshot()[1]
 
 
-def write_matches(db: str | Path, narrow: str, wide: str, rows: pa.Table) -> Path:
-    """Publish a pair's `feature_matches` rows (columns by name, as the table's)."""
+def write_matches(
+    db: str | Path, narrow: str, wide: str, matches: pa.Table, families: pa.Table
+) -> Path:
+    """Publish a pair's `feature_matches` and `feature_families` rows (columns by name, as
+    the tables')."""
     from saedex.store.derived import publish_derived
     from saedex.store.writer import insert_arrow
 
     def fill(con) -> None:
-        insert_arrow(con, "feature_matches", rows)
+        insert_arrow(con, "feature_matches", matches)
+        insert_arrow(con, "feature_families", families)
 
     return publish_derived(db, derived_key(narrow, wide), [narrow, wide], fill)
 
@@ -75,7 +79,7 @@ def feature_matches(
     """Each feature's matches (in `other`, or in every matched SAE), best correlated first,
     at most `first` per other SAE."""
     rows = query(
-        _SELECT + "AND m.other_feature >= 0 AND (?::VARCHAR IS NULL OR m.other_sae_id = ?) "
+        _SELECT + "AND (?::VARCHAR IS NULL OR m.other_sae_id = ?) "
         "QUALIFY row_number() OVER (PARTITION BY m.feature, m.other_sae_id "
         "ORDER BY m.act_corr DESC, m.decoder_cos DESC, m.other_feature) <= ? "
         "ORDER BY m.feature, m.other_sae_id, m.act_corr DESC, m.decoder_cos DESC, m.other_feature",
@@ -100,15 +104,22 @@ def families(
     found: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         if row[1] in saes:
-            kind = {PARENT: "parents", CHILD: "children"}.get(row[7], FAMILY)
-            found[row[0]][kind].append(row)
+            found[row[0]]["parents" if row[7] == PARENT else "children"].append(row)
+    cover_rows = query(
+        "SELECT feature, other_sae_id, cover FROM feature_families "
+        "WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
+        [sae_id, list(indices)],
+    )
+    covers_of: dict[int, dict[str, float]] = defaultdict(dict)
+    for feature, other, cover in cover_rows:
+        covers_of[feature][other] = cover
     out = {}
     for i in indices:
         got = found.get(i, {})
         parents = sorted(got.get("parents", []), key=lambda r: width[r[1]])
         children = sorted(got.get("children", []), key=lambda r: (width[r[1]], -r[6], r[2]))
         children = children[:MAX_CHILDREN]
-        covers = {r[1]: r[6] for r in got.get(FAMILY, [])}
+        covers = covers_of.get(i, {})
         wider = list(dict.fromkeys(r[1] for r in children))
         out[i] = FeatureFamily(
             sae_id, i, own, [_match(r, saes, own) for r in parents],

@@ -90,11 +90,31 @@ _V3_TO_V4 = (
 # tables of its compacted runs.
 _V4_TO_V5: tuple[str, ...] = ()
 
+# v5 -> v6: a narrow feature's family in a wider SAE (how many children, their cover) gets a
+# table of its own; schema 5 kept it as a `feature_matches` row with relation 'family',
+# other_feature -1 and the number of children in co_count.
+_V5_TO_V6 = (
+    """
+    CREATE TABLE feature_families (
+        sae_id VARCHAR NOT NULL,
+        feature INTEGER NOT NULL,
+        other_sae_id VARCHAR NOT NULL,
+        n_children INTEGER NOT NULL,
+        cover FLOAT NOT NULL
+    )""",
+    """
+    INSERT INTO feature_families (sae_id, feature, other_sae_id, n_children, cover)
+    SELECT sae_id, feature, other_sae_id, co_count, cover
+    FROM feature_matches WHERE relation = 'family'""",
+    "DELETE FROM feature_matches WHERE relation = 'family'",
+)
+
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _V1_TO_V2,
     2: _V2_TO_V3,
     3: _V3_TO_V4,
     4: _V4_TO_V5,
+    5: _V5_TO_V6,
 }
 
 

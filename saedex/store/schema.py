@@ -14,7 +14,7 @@ import duckdb
 from saedex.errors import SaedexError
 from saedex.store.migrations import MIGRATIONS, upgrade
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Versions this saedex reads: its own, and every one it has a migration from.
 MIGRATIONS_FROM = {SCHEMA_VERSION, *MIGRATIONS}
 
@@ -174,6 +174,14 @@ TABLES: dict[str, str] = {
             co_count BIGINT,
             cover FLOAT,
             relation VARCHAR
+        )""",
+    "feature_families": """
+        CREATE TABLE IF NOT EXISTS feature_families (
+            sae_id VARCHAR NOT NULL,
+            feature INTEGER NOT NULL,
+            other_sae_id VARCHAR NOT NULL,
+            n_children INTEGER NOT NULL,
+            cover FLOAT NOT NULL
         )""",
 }
 
