@@ -310,7 +310,9 @@ class ExplainConfig:
     n_logits: int = setting(8, "Top logit-lens tokens shown.", min=0)
     max_new_tokens: int = setting(24, "Longest answer, in tokens.", min=1)
     limit: int | None = setting(None, "Explain at most this many features.", min=0)
-    time_budget_s: float | None = setting(None, "Stop starting new batches after this long.", min=0)
+    time_budget_s: float | None = setting(
+        None, "Seconds after which no new batch starts.", min=0, flag="time-budget"
+    )
 
     def __post_init__(self) -> None:
         validate(self)
