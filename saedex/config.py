@@ -280,6 +280,14 @@ class SiteConfig:
         min=1,
         default_text="CPU count",
     )
+    # -- issue 19.3: top examples widened across their document's contexts (docs/site.md) --
+    document_window: int = setting(
+        128,
+        "Document tokens either side of a top example's max token that a click on the example "
+        "shows, across context boundaries (loaded per page block only when asked; 0: off).",
+        min=0,
+        max=512,
+    )
     # -- site issue 14: feature pages in blocks --
     features_per_page: int = setting(
         32,
