@@ -64,11 +64,14 @@ JOIN contexts n ON n.sae_id = $sae AND n.doc_index = ex.doc_index
 ORDER BY ex.feature, ex.rank, n.token_start
 """
 
-# The features' stored values in the contexts next to their examples' own.
+# Each feature's stored values in the contexts next to its examples' own: a join on the exact
+# (feature, context) pairs (a list of contexts alone would fetch every feature's values there).
 _VALUES = """
-SELECT feature, context_id, position, value FROM activations
-WHERE sae_id = $sae AND feature BETWEEN $lo AND $hi AND context_id = ANY($contexts)
-ORDER BY feature, context_id, position
+SELECT a.feature, a.context_id, a.position, a.value FROM activations a
+JOIN (SELECT DISTINCT unnest($features) AS feature, unnest($contexts) AS context_id) p
+    ON a.feature = p.feature AND a.context_id = p.context_id
+WHERE a.sae_id = $sae AND a.feature BETWEEN $lo AND $hi
+ORDER BY a.feature, a.context_id, a.position
 """
 
 # The contexts any window may reach: those of an example's document within `side` tokens of the
@@ -109,7 +112,7 @@ class WindowQueries:
         params = {"sae": sae_id, "lo": lo, "hi": hi, "top": top, "side": side}
         rows = self._rows(_SEGMENTS, params)  # type: ignore[attr-defined]
         bos = 1 if self.sae(sae_id).prepend_bos else 0  # type: ignore[attr-defined]
-        others = sorted({r[6] for r in rows if r[6] != r[2]})
+        others = sorted({(r[0], r[6]) for r in rows if r[6] != r[2]})
         values = self._values(sae_id, lo, hi, others)
         by_example: dict[tuple[int, int], list[tuple]] = defaultdict(list)
         for row in rows:
@@ -120,12 +123,14 @@ class WindowQueries:
         return out
 
     def _values(
-        self, sae_id: str, lo: int, hi: int, contexts: list[int]
+        self, sae_id: str, lo: int, hi: int, pairs: list[tuple[int, int]]
     ) -> dict[int, dict[int, list[tuple[int, float]]]]:
-        """feature -> context -> [(position, value)] in those contexts."""
+        """feature -> context -> [(position, value)] for those (feature, context) pairs."""
         out: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
-        if contexts:
-            params = {"sae": sae_id, "lo": lo, "hi": hi, "contexts": contexts}
+        if pairs:
+            features, contexts = (list(x) for x in zip(*pairs, strict=True))
+            params = {"sae": sae_id, "lo": lo, "hi": hi, "features": features}
+            params["contexts"] = contexts
             for feature, context, position, value in self._rows(_VALUES, params):  # type: ignore[attr-defined]
                 out[feature][context].append((position, value))
         return out
