@@ -105,7 +105,7 @@
     if (start + width < indexed) c.append(el("b", { class: "sx-dots" }, "\u2026"));
     let note = `document tokens ${int(start)}\u2013${int(start + width - 1)} of ${int(indexed)}`;
     if (indexed < total) note += ` indexed (the document has ${int(total)})`;
-    note += ` \u00b7 ${segs.length} context${segs.length > 1 ? "s" : ""}, boundaries marked \u00a6`;
+    note += ` \u00b7 ${segs.length} context${segs.length > 1 ? "s" : ""}, a bar marks where one starts (attention and the stored activations restart there)`;
     return el("div", { class: "sx-doc" }, c, el("div", { class: "sx-src" }, note));
   }
   function widen(f, k, ex, ctxt) {
