@@ -32,6 +32,7 @@ from saedex.api.errors import INTERNAL
 from saedex.api.explanations_rest import ExplanationRoutes
 from saedex.api.inference import InferenceEngine
 from saedex.api.limits import BodySizeLimit
+from saedex.api.priority import lower_priority
 from saedex.api.rest import RestApi, error
 from saedex.api.schema import Schema, build_schema
 from saedex.config import ServeConfig
@@ -135,9 +136,7 @@ def serve(
         )
         return
     with IndexReader(db) as reader:
-        engine = InferenceEngine(
-            config.device, threads=threads, config=config, process=config.inference_process
-        )
+        engine = server_engine(config, threads)
         app = create_app(reader, config, engine)
         if ready is not None:
             ready(_banner(db, config))
@@ -162,7 +161,17 @@ def replica_app() -> Starlette:
     db, config, threads = pickle.loads(base64.b64decode(os.environ[_REPLICA_ENV]))
     configure_access_log()
     reader = IndexReader(db)
+    return create_app(reader, config, server_engine(config, threads))
+
+
+def server_engine(config: ServeConfig, threads: int | None) -> InferenceEngine:
+    """A server's live-model engine, its worker process started, and then this process's
+    threads lowered by `config.index_nice` (api.priority): in that order, so that the model
+    keeps the original priority and a live request gets the CPU ahead of index queries."""
     engine = InferenceEngine(
         config.device, threads=threads, config=config, process=config.inference_process
     )
-    return create_app(reader, config, engine)
+    if config.inference and config.inference_process:
+        engine.start()
+        lower_priority(config.index_nice)
+    return engine

@@ -22,6 +22,9 @@ import asyncio
 import dataclasses
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -130,6 +133,13 @@ class InferenceEngine:
                     "the live model process died; the next request restarts it"
                 ) from exc
 
+    def start(self) -> None:
+        """Start the model worker process now (torch loads in it on the first live request):
+        a server does this before lowering its own priority (api.priority), so that the worker
+        keeps the priority the server started with."""
+        if self.process:
+            self._worker().submit(_started).result()
+
     def _worker(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
@@ -195,15 +205,34 @@ class InferenceEngine:
         return taken
 
 
-def _init_worker(device: str | None, dtype: str | None, threads: int | None) -> None:
-    from saedex.api import live
+_WORKER_ARGS: tuple | None = None  # in the worker process: what its models load with
 
-    live.init_worker(device, dtype, threads)
+
+def _init_worker(device: str | None, dtype: str | None, threads: int | None) -> None:
+    """Remember the settings; torch is imported on the first model call, not at start."""
+    global _WORKER_ARGS
+    _WORKER_ARGS = (device, dtype, threads)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker when the server that started it is gone: a server stopped by a signal
+    (uvicorn re-raises SIGTERM once it has shut down) never runs its cleanup, and the worker
+    would otherwise keep its model in memory."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def _started() -> int:
+    return os.getpid()
 
 
 def _in_worker(name: str, args: tuple) -> Any:
     from saedex.api import live
 
+    if live.worker_models() is None:
+        live.init_worker(*(_WORKER_ARGS or (None, None, None)))
     return live.in_worker(name, args)
 
 

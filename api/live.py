@@ -170,6 +170,10 @@ def init_worker(device: str | None, dtype: str | None, threads: int | None) -> N
     _WORKER = LiveModels(device, dtype, threads)
 
 
+def worker_models() -> LiveModels | None:
+    return _WORKER
+
+
 def in_worker(name: str, args: tuple):
     """Run `name(models, *args)` on the worker process's models."""
     assert _WORKER is not None, "init_worker was not called"

@@ -190,11 +190,11 @@ PAGE_QUERY = """query ($sae: ID!, $after: String) { features(sae: $sae, first: 2
 
 
 @contextlib.contextmanager
-def server(db: Path, port: int, threads: int) -> Iterator[str]:
+def server(db: Path, port: int, threads: int, nice: int = 10) -> Iterator[str]:
     """`saedex serve` in a subprocess (live inference on), until the block ends."""
     cmd = [sys.executable, "-m", "saedex.cli", "serve", "--db", str(db), "--port", str(port)]
     proc = subprocess.Popen(
-        [*cmd, "--threads", str(threads), "--device", "cpu"],
+        [*cmd, "--threads", str(threads), "--device", "cpu", "--index-nice", str(nice)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -251,10 +251,16 @@ def requests(sae_id: str, features: list[int], texts: list[str], args, seed: int
 
 
 async def load(reader: IndexReader, db: Path, sae_id: str, args) -> None:
-    """Mixed load: `--concurrency` clients, back to back, until `--duration` runs out."""
+    """Mixed load, once per `--index-nice` value (side by side in one run)."""
+    for nice in args.index_nice:
+        await mixed_load(reader, db, sae_id, args, nice)
+
+
+async def mixed_load(reader: IndexReader, db: Path, sae_id: str, args, nice: int) -> None:
+    """`--concurrency` clients, back to back, until `--duration` runs out."""
     features = live_features(db, sae_id, 10_000, args.seed + 1)
     texts = [text_of(db, sae_id, reader, 64, offset) for offset in range(7, 27)]
-    with server(db, free_port(), args.threads) as url:
+    with server(db, free_port(), args.threads, nice) as url:
         limits = httpx.Limits(max_connections=args.concurrency)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
             started = time.perf_counter()
@@ -283,7 +289,8 @@ async def load(reader: IndexReader, db: Path, sae_id: str, args) -> None:
     n = sum(len(v) for v in by_kind.values())
     print(
         f"\n2. mixed load: {args.concurrency} clients, {args.duration:g} s, real uvicorn, "
-        f"live inference on ({args.threads} torch threads), {args.live_share:.0%} activeFeatures"
+        f"live inference on ({args.threads} torch threads), {args.live_share:.0%} activeFeatures,"
+        f" {args.steer_share:.0%} steer, server --index-nice {nice}"
     )
     print(f"   {n:,} requests, {n / args.duration:,.0f} req/s, {errors} errors")
     for kind, ms in sorted(by_kind.items()):
@@ -389,6 +396,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bursts", type=int, default=3, help="bursts of 8 concurrent live requests")
     p.add_argument("--live-share", type=float, default=0.05, help="activeFeatures share of load")
     p.add_argument("--steer-share", type=float, default=0.0, help="steer share of load")
+    p.add_argument(
+        "--index-nice",
+        type=int,
+        nargs="+",
+        default=[ServeConfig().index_nice],
+        help="serve --index-nice for the mixed load; several values run one after another",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(  # replicas (store): bench/replica_bench.py
         "--replicas", type=int, nargs="*", default=[], help="also: throughput with N workers"

@@ -246,6 +246,13 @@ class ServeConfig:
         default=32,
         metadata={"help": "Most contexts one batched activeFeatures forward pass runs."},
     )
+    index_nice: int = setting(
+        10,
+        "Niceness the server adds to its own threads (index queries) after starting the live "
+        "model's worker process, so a live forward pass gets the CPU first (0: off).",
+        min=0,
+        max=19,
+    )
     max_steer_prompt_tokens: int = field(
         default=256, metadata={"help": "Longest prompt (in tokens) steer accepts."}
     )
