@@ -240,8 +240,8 @@ def _guide(info: SaeInfo, cfg: SiteConfig) -> str:
         window=cfg.window,
         document_window=(
             f", then {cfg.document_window} tokens either side in the document, across the "
-            "contexts the index cut it into (dashed lines mark where a context, and so the "
-            "stored activations, restart)"
+            "contexts the index cut it into (a bar marks where a context, and so the stored "
+            "activations, restarts)"
             if cfg.document_window
             else ""
         ),
