@@ -185,7 +185,7 @@ def test_graphql_and_rest_serve_them(api_db, reader):
 
 def test_command_publishes_more_beside_the_run(api_db, tmp_path):
     """`saedex coactivations --first 15` on an index whose run stored 10: 15 per feature, the
-    run's 10 not doubled (derived files: tests/test_derived.py)."""
+    run's 10 replaced, not doubled (derived files: tests/test_derived.py)."""
     from typer.testing import CliRunner
 
     from saedex.cli import app
@@ -204,6 +204,9 @@ def test_command_publishes_more_beside_the_run(api_db, tmp_path):
     assert _as_rows(got) == [(r["feature"], r["other"], r["count"]) for r in want]
     assert max(map(len, got.values())) == 15
     assert all(got[i][:10] == ten[i] for i in range(d_sae))
+    # your own SQL sees them once too: the derived rows replace the run's in the views
+    stored = connect(db).execute("SELECT count(*) FROM coactivations WHERE sae_id = ?", [API_SAE])
+    assert stored.fetchone()[0] == len(want)
     bad = CliRunner().invoke(app, ["coactivations", "--db", str(db), "--sae", "nope"])
     assert bad.exit_code == 2 and "unknown SAE: 'nope'" in bad.output
 

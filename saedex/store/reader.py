@@ -215,9 +215,9 @@ class IndexReader:
     ) -> dict[int, list[Coactivation]]:
         """Features firing on the same tokens, by Jaccard (saedex.store.coactivation): as
         stored by the run, or by `saedex coactivations` for runs indexed without them."""
-        rows = self._rows(  # DISTINCT: a run's own rows may also be in a derived file
-            'SELECT feature, other, "count", jaccard, lift FROM (SELECT DISTINCT * FROM '
-            "coactivations WHERE sae_id = ? AND feature IN (SELECT unnest(?)) AND rank <= ?) "
+        rows = self._rows(
+            'SELECT feature, other, "count", jaccard, lift FROM coactivations '
+            "WHERE sae_id = ? AND feature IN (SELECT unnest(?)) AND rank <= ? "
             "ORDER BY feature, rank",
             [sae_id, list(indices), first or 1 << 15],
         )

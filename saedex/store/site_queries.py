@@ -60,11 +60,10 @@ class SiteReader(WindowQueries, IndexReader):
         )
 
     def coactivation_rows(self, sae_id: str, lo: int, hi: int) -> dict[int, list[tuple]]:
-        """feature -> [(other, jaccard, lift, count)] by rank (saedex.store.coactivation;
-        DISTINCT: the run's own rows and a later `saedex coactivations` may both hold them)."""
+        """feature -> [(other, jaccard, lift, count)] by rank (saedex.store.coactivation)."""
         return self._by_feature(
-            'SELECT feature, other, jaccard, lift, "count" FROM (SELECT DISTINCT * FROM '
-            f"coactivations WHERE {_RANGE}) ORDER BY feature, rank",
+            'SELECT feature, other, jaccard, lift, "count" FROM coactivations '
+            f"WHERE {_RANGE} ORDER BY feature, rank",
             [sae_id, lo, hi],
         )
 

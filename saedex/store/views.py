@@ -24,6 +24,9 @@ from saedex.store.schema import SCHEMA_VERSION, TABLES, check_version, ensure_sc
 POLL_S = 0.5
 # The tables every reader sees, under these names, whatever file holds their rows.
 VIEWS = tuple(name for name in TABLES if name != "meta")
+# Tables a derived file recomputes for whole SAEs (`saedex coactivations`): where a current
+# derived file holds an SAE's rows, they replace what the run stored for it, never add to it.
+REPLACED_BY_DERIVED = ("coactivations",)
 
 
 class IndexView:
@@ -102,6 +105,8 @@ class IndexView:
         sources = [("base", _not_in("sae_id", runs))]
         sources += [(self._attached[p], "TRUE") for p in [*runs.values(), *derived]]
         files = {alias: path for path, alias in self._attached.items()}
+        replaced = self._replaced(derived)
+        derived_aliases = {self._attached[p] for p in derived}
         models: set[str] = set()
         vocab_filters = {}
         for alias, _ in sources:
@@ -119,6 +124,7 @@ class IndexView:
                     f"SELECT {columns} FROM "
                     f"({self._source(table, alias, files[alias], stored_only)}) WHERE "
                     f"{vocab_filters[alias] if table == 'vocab' else where}"
+                    + ("" if alias in derived_aliases else replaced.get(table, ""))
                     for alias, where in sources
                 ]
                 union = " UNION ALL BY NAME ".join(parts)
@@ -128,6 +134,21 @@ class IndexView:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+
+    def _replaced(self, derived: list[Path]) -> dict[str, str]:
+        """Per table of REPLACED_BY_DERIVED, the filter (" AND ...") that leaves out of the
+        other files the SAEs whose rows a current derived file holds."""
+        out = {}
+        for table in REPLACED_BY_DERIVED:
+            ids: set[str] = set()
+            for path in derived:
+                source = self._source(table, self._attached[path], path)
+                ids |= {
+                    r[0]
+                    for r in self.con.execute(f"SELECT DISTINCT sae_id FROM ({source})").fetchall()
+                }
+            out[table] = f" AND {_not_in('sae_id', ids)}" if ids else ""
+        return out
 
     def _source(self, table: str, alias: str, path: Path, stored_only: bool = False) -> str:
         """Where an attached file's rows of `table` are: its own table, or the Parquet file
