@@ -73,7 +73,7 @@ def test_windows_equal_the_stores_document_window(project, api_db):
     contexts, windows, features = _site_data(project / "docs", project / "blocks")
     crossing = 0
     with IndexReader(api_db) as reader:
-        for index, f in features.items():
+        for index, f in sorted(features.items())[: 2 * PER]:  # two blocks: ~300 windows
             assert len(windows[index]) == len(f["ex"][:20]), index
             for example, window in zip(f["ex"], windows[index], strict=False):
                 ref, max_pos = example[:2]
