@@ -2,13 +2,15 @@
 
     python bench/site_bench.py [--tokens 50000] [--widths 4608 65536] [--workers 2]
     python bench/site_bench.py --db index.duckdb --sae ID [--sae ID ...]
+    python bench/site_bench.py --db index.duckdb --sae ID --document-window 0 64 128 256
 
 Without --db it indexes, over the first --tokens tokens of the default corpus on the default
 model, the shipped 4,608-feature SAE ("default") and, for every other width, a random TopK SAE
 (k 64, unit-norm random decoder, encoder = decoder^T) on the same hook, into one temporary file.
 Then each SAE is exported and built on its own, in a fresh process (so its peak RSS is its own):
 export and build wall time, peak RSS of the exporting process and of its largest worker, the
-built site's total size and file count, and the feature pages' size. The machine's load average
+built site's total size and file count, the feature pages' size and, with document windows, the
+window files' (one per block, loaded when a reader widens an example). The machine's load average
 is printed too: these 2-core machines are shared, so read times with it.
 """
 
@@ -42,9 +44,13 @@ def _peak_rss_mb() -> tuple[float, float]:
     return own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def measure(db: Path, saes: list[str], out: Path, workers: int, progress: bool) -> None:
+def measure(
+    db: Path, saes: list[str], out: Path, workers: int, progress: bool, side: int | None = None
+) -> None:
     """Export and build `saes` into `out`, and print the figures."""
     cfg = replace(SiteConfig(), workers=workers)
+    if side is not None:
+        cfg = replace(cfg, document_window=side)
     job = SiteJob(db, tuple(saes), out, cfg)
     export = export_site(job, progress=progress)
     started = time.perf_counter()
@@ -72,7 +78,16 @@ def measure(db: Path, saes: list[str], out: Path, workers: int, progress: bool) 
             f"feature pages    {len(blocks):,} of {cfg.features_per_page} features, mean "
             f"{sum(blocks) / len(blocks) / 1024:.0f} KB, max {max(blocks) / 1024:.0f} KB"
         )
-    print(f"shared data      {data / 2**20:7.1f} MB (vocabulary, contexts, search shards)")
+    windows = [p.stat().st_size for p in site.glob("data/*/win-*.js")]
+    contexts = sum(p.stat().st_size for p in site.glob("data/*/ctx-*.js"))
+    print(f"shared data      {data / 2**20:7.1f} MB (vocabulary, contexts, search shards, windows)")
+    print(f"context shards   {contexts / 2**20:7.1f} MB")
+    print(f"document window  {cfg.document_window} tokens either side")
+    if windows:
+        print(
+            f"window files     {len(windows):,}, {sum(windows) / 2**20:.1f} MB, mean "
+            f"{sum(windows) / len(windows) / 1024:.0f} KB, max {max(windows) / 1024:.0f} KB"
+        )
 
 
 # -- the indexes -------------------------------------------------------------------------------
@@ -125,19 +140,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="project folder [default: a temporary one]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--document-window",
+        type=int,
+        nargs="+",
+        help="SiteConfig.document_window values, each measured [default: the setting's default]",
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="saedex-site-bench-"))
     try:
         if args.measure:
-            measure(args.db, args.sae, args.out, max(1, args.workers), not args.quiet)
+            side = args.document_window[0] if args.document_window else None
+            measure(args.db, args.sae, args.out, max(1, args.workers), not args.quiet, side)
             return
         db = args.db or scratch / "index.duckdb"
         saes = args.sae or build_index(db, args.widths, args.tokens)
-        for sae in saes:
-            out = (args.out or scratch) / f"project-{len(saes)}-{saes.index(sae)}"
+        for sae, side in [(s, w) for s in saes for w in args.document_window or [None]]:
+            out = (args.out or scratch) / f"project-{saes.index(sae)}-{side}"
             cmd = [sys.executable, __file__, "--measure", "--db", str(db), "--sae", sae]
             cmd += ["--out", str(out), "--workers", str(args.workers)]
+            cmd += [] if side is None else ["--document-window", str(side)]
             print(
                 f"\n$ uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
             )

@@ -559,8 +559,6 @@ def explanations_export(
     console.print(f"exported {n:,} explanations -> {out}")
 
 
-_EXPLAIN = ExplainConfig()
-_SCORE = ScoreConfig()
 ModelOption = Annotated[
     str,
     typer.Option(
@@ -603,36 +601,25 @@ def _explaining(db: Path, sae: str, features: str | None, spec):
 
 @app.command()
 @user_errors
+@config_options("cfg", ExplainConfig)  # --batch-size, --n-examples, --time-budget, ...
 def explain(
     db: DbOption,
     sae: SaeOption,
+    cfg: ExplainConfig,
     features: FeaturesOption = None,
     model: ModelOption = "default",
     model_name: ModelNameOption = None,
     context_length: ContextOption = None,
-    batch_size: Annotated[int, typer.Option(help="Features per model call.")] = _EXPLAIN.batch_size,
-    n_examples: Annotated[
-        int, typer.Option(help="Examples shown per feature.")
-    ] = _EXPLAIN.n_examples,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = _EXPLAIN.max_new_tokens,
-    limit: Annotated[int | None, typer.Option(help="At most this many features.")] = None,
-    time_budget: Annotated[
-        float | None, typer.Option(help="Seconds after which no new batch starts.")
-    ] = None,
     threads: ThreadsOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Ask a language model for a short explanation of each feature (stored as source "model").
 
     Resumable: features this model already explained are skipped.
     """
-    from dataclasses import replace
-
     from saedex.explain.explainer import explain as run_explain
     from saedex.explain.models import ModelSpec
 
-    cfg = replace(_EXPLAIN, batch_size=batch_size, n_examples=n_examples,
-                  max_new_tokens=max_new_tokens, limit=limit, time_budget_s=time_budget)  # fmt: skip
     spec = ModelSpec(model, model_name, context_length=context_length, threads=threads)
     with _explaining(db, sae, features, spec) as (reader, wanted, lm):
         result = run_explain(reader, sae, lm, wanted, cfg, progress=not quiet)
@@ -645,9 +632,11 @@ def explain(
 
 @app.command()
 @user_errors
+@config_options("cfg", ScoreConfig)  # --n-activating, --n-inactive, --seed, ...
 def score(
     db: DbOption,
     sae: SaeOption,
+    cfg: ScoreConfig,
     features: FeaturesOption = None,
     model: ModelOption = "default",
     model_name: ModelNameOption = None,
@@ -661,26 +650,20 @@ def score(
     explained_only: Annotated[
         bool, typer.Option(help="Only features that have an explanation.")
     ] = True,
-    n_activating: Annotated[
-        int, typer.Option(help="Held-out activating examples.")
-    ] = _SCORE.n_activating,
-    n_inactive: Annotated[int, typer.Option(help="Non-activating contexts.")] = _SCORE.n_inactive,
     out: Annotated[
         Path | None, typer.Option(help="Folder for scores.json and scores.svg (a histogram).")
     ] = None,
     threads: ThreadsOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ):
     """Score explanations with delphi's detection and fuzzing (balanced accuracy, 0.5 = chance)."""
     import json
-    from dataclasses import replace
 
     from saedex.explain.explainer import live_features
     from saedex.explain.models import ModelSpec
     from saedex.explain.scoring import histogram_svg, summarise
     from saedex.explain.scoring import score as run_score
 
-    cfg = replace(_SCORE, n_activating=n_activating, n_inactive=n_inactive)
     spec = ModelSpec(model, model_name, context_length=context_length, threads=threads)
     with _explaining(db, sae, features, spec) as (reader, wanted, lm):
         wanted = live_features(reader, sae, wanted)

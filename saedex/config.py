@@ -287,6 +287,14 @@ class SiteConfig:
         min=1,
         default_text="CPU count",
     )
+    # -- issue 19.3: top examples widened across their document's contexts (docs/site.md) --
+    document_window: int = setting(
+        128,
+        "Document tokens either side of a top example's max token that a click on the example "
+        "shows, across context boundaries (loaded per page block only when asked; 0: off).",
+        min=0,
+        max=512,
+    )
     # -- site issue 14: feature pages in blocks --
     features_per_page: int = setting(
         32,
@@ -317,7 +325,9 @@ class ExplainConfig:
     n_logits: int = setting(8, "Top logit-lens tokens shown.", min=0)
     max_new_tokens: int = setting(24, "Longest answer, in tokens.", min=1)
     limit: int | None = setting(None, "Explain at most this many features.", min=0)
-    time_budget_s: float | None = setting(None, "Stop starting new batches after this long.", min=0)
+    time_budget_s: float | None = setting(
+        None, "Seconds after which no new batch starts.", min=0, flag="time-budget"
+    )
 
     def __post_init__(self) -> None:
         validate(self)

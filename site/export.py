@@ -83,9 +83,10 @@ def export_site(job: SiteJob, progress: bool = True) -> ExportResult:
     files["docs/index.md"] = pages.site_home(entries, dead, job.config.features_per_page)
     written += sum(write_if_changed(job.out / p, t) for p, t in files.items())
     expected = set(files) | {
-        f"{BLOCKS}/{e.key}/{b}.html"
+        path
         for e in entries
         for b in range(math.ceil(e.info.d_sae / job.config.features_per_page))
+        for path in _block_files(e.key, b, job.config)
     }
     removed = _prune(job.out, ("docs", BLOCKS), expected)
     n_pages = sum(p.endswith(".md") for p in files) + len(expected - set(files))
@@ -106,6 +107,17 @@ def export_site(job: SiteJob, progress: bool = True) -> ExportResult:
     return ExportResult(
         **{**result.__dict__, "build_s": time.perf_counter() - started, "site_dir": site_dir}
     )
+
+
+def _block_files(key: str, block: int, cfg: SiteConfig) -> list[str]:
+    """What the workers write per block: its page fragment and, with document windows, the
+    windows of its top examples (loaded only when a reader opens one)."""
+    page = f"{BLOCKS}/{key}/{block}.html"
+    return [page, window_file(key, block)] if cfg.document_window else [page]
+
+
+def window_file(key: str, block: int) -> str:
+    return f"docs/{DATA}{key}/win-{block}.js"
 
 
 def _entries(job: SiteJob) -> list[SaeEntry]:
@@ -226,6 +238,13 @@ def _guide(info: SaeInfo, cfg: SiteConfig) -> str:
         n_tokens=f"{info.n_tokens:,}",
         n_logits=info.settings.get("n_logits", "top"),
         window=cfg.window,
+        document_window=(
+            f", then {cfg.document_window} tokens either side in the document, across the "
+            "contexts the index cut it into (a bar marks where a context, and so the stored "
+            "activations, restarts)"
+            if cfg.document_window
+            else ""
+        ),
     )
 
 
@@ -253,7 +272,7 @@ def _sae_files(
     )
     docs.update(_term_files(key, terms, entry.search_shards))
     with SiteReader(job.db) as reader:
-        docs.update(_context_files(reader, entry))
+        docs.update(_context_files(reader, entry, cfg.document_window))
         model = model_key(entry.info.model_name)
         vocab = json.dumps(reader.vocab(entry.info.model_name), ensure_ascii=False)
         docs[f"docs/{DATA}vocab-{model}.js"] = f'saedex.vocab("{model}",{vocab});\n'
@@ -267,9 +286,10 @@ def model_key(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", pages.public_name(model_name)) + "-" + digest
 
 
-def _context_files(reader: SiteReader, entry: SaeEntry) -> dict[str, str]:
-    """The contexts examples show, CTX_SHARD a file, in the order of their references."""
-    ids = reader.example_context_ids(entry.info.id)
+def _context_files(reader: SiteReader, entry: SaeEntry, side: int) -> dict[str, str]:
+    """The contexts examples show (and those their document windows of `side` tokens reach),
+    CTX_SHARD a file, in the order of their references."""
+    ids = reader.reached_context_ids(entry.info.id, side)
     files = {}
     for first in range(0, len(ids), CTX_SHARD):
         rows = reader.context_rows(entry.info.id, ids[first : first + CTX_SHARD])
@@ -424,8 +444,10 @@ class _Renderer:
                 info.d_sae,
                 cfg.features_per_page,
                 cfg.features_per_index_page,
+                cfg.document_window,
             )
-            refs = {c: r for r, c in enumerate(self.reader.example_context_ids(sae_id))}
+            reached = self.reader.reached_context_ids(sae_id, cfg.document_window)
+            refs = {c: r for r, c in enumerate(reached)}
             state = {
                 "model": model_key(info.model_name),
                 "data": f"../../{DATA}",
@@ -462,7 +484,26 @@ class _Renderer:
             f["mt"] = payload.match_entries(families.get(f["i"], ()), self.keys)
         wanted = {c for (_, _, _), exs in examples.items() for c, *_ in exs}
         by_ref = _contexts_by_ref(r, sae_id, wanted, refs)
-        return key, *self._write_blocks(settings, state, features, by_ref.__getitem__, vocab)
+        rows, written = self._write_blocks(settings, state, features, by_ref.__getitem__, vocab)
+        if settings.doc_window:
+            windows = r.example_windows(sae_id, lo, hi, settings.shown, settings.doc_window)
+            written += self._write_windows(settings, features, windows, refs.__getitem__)
+        return key, rows, written
+
+    def _write_windows(
+        self, settings: PageSettings, features: list[dict], windows: dict, ref
+    ) -> int:
+        """One file per block: feature -> its top examples' document windows, in order."""
+        blocks: dict[int, dict[int, list]] = defaultdict(dict)
+        for f in features:
+            entries = [payload.window_entry(w, ref) for w in windows.get(f["i"], ())]
+            blocks[f["i"] // settings.per_page][f["i"]] = entries
+        written = 0
+        for block, data in blocks.items():
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            path = self.out / window_file(settings.sae, block)
+            written += write_if_changed(path, f'saedex.win("{settings.sae}",{block},{text});\n')
+        return written
 
     def _write_blocks(
         self, settings: PageSettings, state: dict, features: list[dict], context, vocab

@@ -15,6 +15,11 @@ One feature, keys kept short (65k features a site):
     iv      intervals as [[low, high, fraction, [examples as in ex]]],
     xp      explanations as [[text, source, author, method, {score name: value}]],
     mt      features of other SAEs in the site as [[SAE key, index, relation, score]].
+Document windows (SiteConfig.document_window) live apart from the page, in one file per block
+loaded when a reader opens one (`window_entry`): per top example
+    [start, indexed tokens, document tokens, [[context ref, first, end, [positions], [values]]]],
+the contexts it spans in document order, positions [first, end) of each; the example's own
+context has no positions and values (the example's own are used).
 A context ref points into the page's `contexts` ([[context id, document, source, [token ids]]])
 or, on the site, into the SAE's context shards; token ids into the page's or the model's vocab.
 """
@@ -22,8 +27,12 @@ or, on the site, into the SAE's context shards; token ids into the page's or the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from saedex.data import Example, Explanation, FeatureData
+
+if TYPE_CHECKING:
+    from saedex.store.site_windows import ExampleWindow
 
 
 def r3(value: float | None) -> float | None:
@@ -57,6 +66,16 @@ def base_payload(row: tuple) -> dict:
 
 def example_entry(ref: int, max_pos: int, max_act: float, positions, values) -> list:
     return [ref, max_pos, r3(max_act), list(positions), [r3(v) for v in values]]
+
+
+def window_entry(window: ExampleWindow, ref: Callable[[int], int]) -> list:
+    """One top example's document window (saedex.store.site_windows.ExampleWindow)."""
+    segments = [
+        [ref(s.context_id), s.first, s.end]
+        + ([] if s.positions is None else [s.positions, [r3(v) for v in s.values or ()]])
+        for s in window.segments
+    ]
+    return [window.start, window.indexed_tokens, window.document_tokens, segments]
 
 
 def coactivation_entry(index: int, jaccard: float, lift: float, count: int) -> list:

@@ -97,6 +97,7 @@ class PageSettings:
     d_sae: int
     per_page: int  # features per block page (the site's links are computed from it)
     list_per_page: int  # rows per listing page
+    doc_window: int = 0  # document tokens either side of a top example's max token (0: none)
 
 
 Context = tuple[int, str, str, Sequence[int]]  # context id, document, source, token ids

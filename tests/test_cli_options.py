@@ -4,6 +4,7 @@ bounds, and a bad value is one clear line."""
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,9 @@ from typer.testing import CliRunner
 from saedex import cli
 from saedex.config import (
     ConfigError,
+    ExplainConfig,
     IndexConfig,
+    ScoreConfig,
     ServeConfig,
     SiteConfig,
     TrainConfig,
@@ -41,6 +44,8 @@ def invoke(*args: str):
         ("serve", ServeConfig),
         ("export-site", SiteConfig),
         ("demo", DemoConfig),
+        ("explain", ExplainConfig),
+        ("score", ScoreConfig),
     ],
 )
 def test_every_config_field_is_an_option_with_its_help(command, config):
@@ -84,12 +89,58 @@ def test_serve_options_reach_the_config(monkeypatch):
     )  # fmt: skip
 
 
+class _Stop(Exception):
+    """Raised by a stand-in once it has seen the config (nothing is loaded)."""
+
+
+@pytest.mark.parametrize(
+    ("command", "target", "args", "expected"),
+    [
+        (
+            "explain",
+            "saedex.explain.explainer.explain",
+            ("--batch-size", "3", "--n-examples", "4", "--window-before", "5", "--n-logits",
+             "0", "--max-new-tokens", "9", "--limit", "2", "--time-budget", "1.5"),
+            ExplainConfig(batch_size=3, n_examples=4, window_before=5, n_logits=0,
+                          max_new_tokens=9, limit=2, time_budget_s=1.5),
+        ),
+        (
+            "score",
+            "saedex.explain.scoring.score",
+            ("--n-activating", "2", "--n-inactive", "0", "--window-after", "7", "--batch-size",
+             "5", "--seed", "11"),
+            ScoreConfig(n_activating=2, n_inactive=0, window_after=7, batch_size=5, seed=11),
+        ),
+    ],
+)  # fmt: skip
+def test_explain_and_score_options_reach_the_config(monkeypatch, command, target, args, expected):
+    seen = {}
+
+    @contextmanager
+    def explaining(db, sae, features, spec):
+        yield None, [1], None
+
+    def fake_run(*positional, **kwargs):
+        seen["config"] = next(a for a in positional if isinstance(a, type(expected)))
+        raise _Stop
+
+    monkeypatch.setattr("saedex.cli._explaining", explaining)
+    monkeypatch.setattr("saedex.explain.explainer.live_features", lambda r, s, w: w)
+    monkeypatch.setattr(target, fake_run)
+    result = invoke(command, "--db", "x.duckdb", "--sae", "s", "--no-explained-only"
+                    if command == "score" else "--quiet", *args)  # fmt: skip
+    assert isinstance(result.exception, _Stop), result.output
+    assert seen["config"] == expected
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (("index", "--db", "x", "--context-size", "40000"), "--context-size"),
         (("index", "--db", "x", "--hist-bins", "0"), "--hist-bins"),
         (("train-sae", "--out", "x", "--hook", "h", "--architecture", "gated"), "--architecture"),
+        (("explain", "--db", "x", "--sae", "s", "--batch-size", "0"), "--batch-size"),
+        (("score", "--db", "x", "--sae", "s", "--n-activating", "0"), "--n-activating"),
     ],
 )
 def test_bad_values_are_one_clear_error(args, fragment):

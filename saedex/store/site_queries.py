@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 from saedex.store.reader import IndexReader
+from saedex.store.site_windows import WindowQueries
 
 _RANGE = "sae_id = ? AND feature BETWEEN ? AND ?"
 
 
-class SiteReader(IndexReader):
-    """An IndexReader with range queries for the site exporter (read-only, like its parent)."""
+class SiteReader(WindowQueries, IndexReader):
+    """An IndexReader with range queries for the site exporter (read-only, like its parent);
+    document windows of whole feature ranges come from `WindowQueries` (site_windows.py)."""
 
     def feature_rows(self, sae_id: str, lo: int, hi: int) -> list[tuple]:
         """(feature, n_active, density, max, mean, skew, kurtosis, hist edges, hist counts,

@@ -43,6 +43,7 @@
   const vocabs = {};
   const contexts = {};
   const terms = {};
+  const wins = {};
   function load(src) {
     if (!loaded[src])
       loaded[src] = new Promise((resolve, reject) => {
@@ -60,6 +61,7 @@
     rows.forEach((row, k) => (map[first + k] = row));
   };
   S.terms = (sae, shard, map) => (terms[sae + "/" + shard] = map);
+  S.win = (sae, block, map) => (wins[sae + "/" + block] = map);
 
   // -- the dashboard ---------------------------------------------------------------------------
   function table(headers, rows, css) {
@@ -81,7 +83,43 @@
     }
     return out;
   }
-  function example(ex, ctxt) {
+  // -- a top example widened across its document's contexts (payload.window_entry) ------------
+  async function documentWindow(f, k, ctxt) {
+    const page = ctxt.page, block = Math.floor(f.i / page.per_page);
+    await load(`${ctxt.state.data}${page.sae}/win-${block}.js`);
+    const entry = ((wins[page.sae + "/" + block] || {})[f.i] || [])[k];
+    if (!entry) throw new Error("no document window for example " + k);
+    await ctxt.need(entry[3].map((seg) => seg[0]));
+    return entry;
+  }
+  function windowView(ex, entry, ctxt) {
+    const [start, indexed, total, segs] = entry;
+    const width = segs.reduce((n, [, a, b]) => n + b - a, 0);
+    const c = el("span", { class: "sx-c" });
+    if (start > 0) c.append(el("b", { class: "sx-dots" }, "\u2026"));
+    segs.forEach(([ref, a, b, pos, vals], j) => {
+      const own = pos === undefined;
+      if (j) c.append(el("span", { class: "sx-cb", title: "a new context: stored activations restart here" }));
+      c.append(...tokens(own ? ex : [ref, -1, 0, pos, vals], ctxt.context(ref), ctxt, a, b));
+    });
+    if (start + width < indexed) c.append(el("b", { class: "sx-dots" }, "\u2026"));
+    let note = `document tokens ${int(start)}\u2013${int(start + width - 1)} of ${int(indexed)}`;
+    if (indexed < total) note += ` indexed (the document has ${int(total)})`;
+    note += ` \u00b7 ${segs.length} context${segs.length > 1 ? "s" : ""}, a bar marks where one starts (attention and the stored activations restart there)`;
+    return el("div", { class: "sx-doc" }, c, el("div", { class: "sx-src" }, note));
+  }
+  function widen(f, k, ex, ctxt) {
+    const button = el("button", { class: "sx-more", type: "button" }, `\u00b1${ctxt.page.doc_window} tokens of the document`);
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      const show = (view) => { button.parentNode.after(view); button.remove(); };
+      documentWindow(f, k, ctxt).then((entry) => show(windowView(ex, entry, ctxt)),
+        (e) => { show(el("p", { class: "sx-src" }, "The document window could not be loaded.")); console.error(e); });
+    });
+    return button;
+  }
+
+  function example(ex, ctxt, f, k) {
     const [ref, maxPos, maxAct] = ex;
     const ctx = ctxt.context(ref);
     const [cid, doc, src, ids] = ctx;
@@ -94,11 +132,13 @@
     let where = "doc " + doc;
     if (src && src !== doc) where += " \u00b7 source " + src;
     return el("details", { class: "sx-ex" }, el("summary", null, el("span", { class: "sx-v" }, num(maxAct)), c),
-      el("div", { class: "sx-src" }, `${where} \u00b7 context ${cid} \u00b7 max at token ${maxPos}`));
+      el("div", { class: "sx-src" }, `${where} \u00b7 context ${cid} \u00b7 max at token ${maxPos} `,
+        f && ctxt.page.doc_window > 0 ? widen(f, k, ex, ctxt) : null));
   }
-  function examples(list, ctxt, none) {
+  // `f` for top examples: those can widen to their document window
+  function examples(list, ctxt, none, f) {
     if (!list.length) return el("p", { class: "sx-none" }, none);
-    return el("div", { class: "sx-exs" }, list.map((ex) => example(ex, ctxt)));
+    return el("div", { class: "sx-exs" }, list.map((ex, k) => example(ex, ctxt, f, k)));
   }
 
   function bars(edges, counts, title, cls, tick, note, ticks) {
@@ -179,8 +219,9 @@
           [link(ctxt, sae, i, `${sae} #${i}`), rel, num(score)]), "sx-matches") : null),
       el("h2", { id: "top" }, "Top activations"),
       el("p", { class: "sx-note" }, `The ${shown.length} contexts where the feature peaks highest. Each shows ${page.window} tokens ` +
-        `either side of its max token; click one to see its whole context. Shading is relative to the feature's max activation (${num(f.mx)}); hover a token for its value.`),
-      examples(shown, ctxt, "No examples: the feature never fired on the corpus."),
+        `either side of its max token; click one to see its whole context` +
+        (page.doc_window > 0 ? ` and, from there, ${page.doc_window} tokens either side in its document, across context boundaries` : "") + `. Shading is relative to the feature's max activation (${num(f.mx)}); hover a token for its value.`),
+      examples(shown, ctxt, "No examples: the feature never fired on the corpus.", f),
       el("h2", { id: "intervals" }, "Activation intervals"),
       el("p", { class: "sx-note" }, "Random samples from equal-width intervals of [0, max activation], highest first (as SAEDashboard); " +
         "CONTAINS is the share of the feature's non-zero activations in the interval."),
@@ -194,19 +235,20 @@
   async function render(section, f, state) {
     const page = state.page;
     const refs = [...f.ex, ...f.iv.flatMap((iv) => iv[3])].map((ex) => ex[0]);
-    let context, tok;
+    let context, tok, need;
     if (state.contexts) {
       context = (ref) => state.contexts[ref];
       tok = (id) => state.vocab[id];
+      need = async () => null;
     } else {
-      const shards = [...new Set(refs.map((r) => Math.floor(r / state.ctx_shard)))];
-      await Promise.all([load(`${state.data}vocab-${state.model}.js`),
-        ...shards.map((k) => load(`${state.data}${page.sae}/ctx-${k}.js`))]);
-      const map = contexts[page.sae], vocab = vocabs[state.model];
-      context = (ref) => map[ref];
+      need = (list) => Promise.all([...new Set(list.map((r) => Math.floor(r / state.ctx_shard)))]
+        .map((k) => load(`${state.data}${page.sae}/ctx-${k}.js`)));
+      await Promise.all([load(`${state.data}vocab-${state.model}.js`), need(refs)]);
+      const vocab = vocabs[state.model];
+      context = (ref) => contexts[page.sae][ref];
       tok = (id) => vocab[id];
     }
-    const ctxt = { page, context, tok, scale: f.mx };
+    const ctxt = { page, state, context, tok, need, scale: f.mx };
     section.replaceChildren(...dashboard(f, ctxt).flat(Infinity).filter(Boolean));
     section.classList.add("sx-drawn");
   }
