@@ -249,6 +249,7 @@ def _derived_rows(con) -> None:
     con.execute(
         "INSERT INTO feature_matches VALUES (?, 0, ?, 1, 0.9, 0.8, 7, 0.5, 'parent')", [a, b]
     )
+    con.execute("INSERT INTO feature_families VALUES (?, 1, ?, 2, 0.75)", [b, a])
 
 
 def test_parquet_export_of_one_sae_reads_with_pandas(db, tmp_path):

@@ -43,6 +43,7 @@ TABLES = (
     "neighbours",
     "coactivations",
     "feature_matches",
+    "feature_families",
 )
 UNPARTITIONED = {"meta", "saes", "vocab"}  # small, or keyed by model rather than SAE
 PARTITION = "sae_id"
