@@ -48,6 +48,7 @@ class LiveModels:
             torch.set_num_threads(threads)
         self._models: dict[str, LoadedModel] = {}
         self._saes: dict[str, SparseAutoencoder] = {}
+        self._int8: dict[str, object] = {}  # model name -> its int8 copy (steer_weights int8)
 
     def load(self, info: SaeInfo) -> tuple[LoadedModel, SparseAutoencoder]:
         spec = DEFAULT_MODEL if info.model_name == DEFAULT_MODEL_NAME else info.model_name
@@ -62,6 +63,21 @@ class LiveModels:
             log.info("loading SAE %s from %s", info.id, info.sae_path)
             self._saes[info.sae_path] = load_live_sae(info).to(model.device)
         return model, self._saes[info.sae_path]
+
+    def steer_forward(self, model: LoadedModel, hook_name: str, weights: str):
+        """What a steering generation runs on: the bridge, or the model's int8 copy (built on
+        first use, a few seconds; a hook it cannot map is a BadInput)."""
+        from saedex.indexer.steering import BridgeForward, Int8Model
+
+        if weights != "int8":
+            return BridgeForward(model, hook_name)
+        try:
+            if model.name not in self._int8:
+                log.info("quantizing %s to int8 for steering", model.name)
+                self._int8[model.name] = Int8Model(model)
+            return self._int8[model.name].forward(hook_name)
+        except SaedexError as exc:
+            raise BadInput(str(exc)) from exc
 
     @torch.inference_mode()
     def encode_many(self, info: SaeInfo, texts: list[str]) -> list[Encoded | Exception]:
@@ -200,8 +216,9 @@ def steer_start(models: LiveModels, info: SaeInfo, req, max_prompt_tokens: int) 
         raise BadInput(str(exc)) from exc
     if len(ids) > max_prompt_tokens:
         raise BadInput(f"prompt has {len(ids)} tokens; the limit is {max_prompt_tokens}")
+    forward = models.steer_forward(model, sae.cfg.hook_name, req.weights)
     key = next(_IDS)
-    _GENERATIONS[key] = PairGeneration(model, sae, ids, req, cfg.sink_norm_multiple)
+    _GENERATIONS[key] = PairGeneration(model, sae, ids, req, cfg.sink_norm_multiple, forward)
     return key
 
 
@@ -247,6 +264,7 @@ def steer_result(models: LiveModels, info: SaeInfo, key: int, max_activations: d
         completion(1, gen.shifts(req.n_shifts)),
         req.temperature,
         req.seed,
+        gen.forward.weights,
     )
 
 

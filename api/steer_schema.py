@@ -79,6 +79,11 @@ class Steering:
     steered: Completion
     temperature: float
     seed: int
+    weights: str = strawberry.field(
+        description="What generated both sides: float32 (the index's model, or its --dtype) "
+        "or int8 (quantized linear weights: faster, answers differ from float32's; "
+        "ServeConfig.steer_weights)."
+    )
 
 
 @strawberry.type(description="A feature ablated at every position of one of its top examples.")
@@ -131,6 +136,7 @@ def steering_of(r: steering.Steering) -> Steering:
         steered=_completion(r.steered),
         temperature=r.temperature,
         seed=r.seed,
+        weights=r.weights,
     )
 
 
@@ -168,7 +174,15 @@ async def run_steer(
         raise BadInput(f"prompt has {len(prompt)} characters; the limit is {cfg.max_text_chars}")
     edits = tuple(steering.FeatureEdit(f.index, f.strength, f.value) for f in features)
     req = steering.SteerRequest(
-        prompt, edits, mode.value, n_tokens, temperature, seed, chat_template, n_shifts
+        prompt,
+        edits,
+        mode.value,
+        n_tokens,
+        temperature,
+        seed,
+        chat_template,
+        n_shifts,
+        cfg.steer_weights,
     )
     limits = steering.SteerLimits(
         cfg.max_steer_prompt_tokens, cfg.max_steer_new_tokens, cfg.max_steer_features

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -424,9 +425,20 @@ def _feature_edit(spec: str, mode: str):
     return edit
 
 
+# steer's own setting of ServeConfig (the server's `serve --steer-weights`); its limits are
+# the server's defaults
+_STEER_SETTINGS = ("steer_weights",)
+
+
 @app.command()
 @user_errors
+@config_options(
+    "limits",
+    ServeConfig,
+    skip=tuple(f.name for f in dataclasses.fields(ServeConfig) if f.name not in _STEER_SETTINGS),
+)
 def steer(
+    limits: ServeConfig,
     db: Annotated[Path, typer.Option(help="DuckDB index file (opened read-only).")],
     sae: Annotated[str, typer.Option(help="SAE id in the index (see `saedex info`).")],
     prompt: Annotated[str, typer.Option(help="The prompt to complete.")],
@@ -450,7 +462,6 @@ def steer(
     from saedex.steering import SteerLimits, SteerRequest, check_request
     from saedex.store import IndexReader
 
-    limits = ServeConfig()
     req = SteerRequest(
         prompt,
         tuple(_feature_edit(f, mode) for f in feature),
@@ -459,6 +470,7 @@ def steer(
         temperature,
         seed,
         chat_template,
+        weights=limits.steer_weights,
     )
     with IndexReader(db) as reader:
         info = reader.sae(sae)
@@ -489,6 +501,7 @@ def print_steering(result) -> None:
     out.print(f"[bold]prompt:[/]  {result.prompt!r}", highlight=False)
     out.print(f"[bold]default:[/] {result.default.text!r}", highlight=False)
     out.print(f"[bold]steered:[/] {result.steered.text!r}", highlight=False)
+    out.print(f"(weights: {result.weights})", highlight=False)
 
 
 # -- explanations (saedex.explain) --

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from saedex.config import STEER_WEIGHTS
 from saedex.errors import SaedexError
 
 MODES = ("add", "clamp", "ablate")
@@ -40,6 +41,7 @@ class SteerRequest:
     seed: int = 0
     chat_template: bool = False
     n_shifts: int = 5  # tokens raised/lowered most, per step
+    weights: str = "float32"  # what generates: one of STEER_WEIGHTS (ServeConfig.steer_weights)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ def check_request(req: SteerRequest, d_sae: int, limits: SteerLimits) -> SteerRe
         raise SaedexError(f"nTokens must be between 1 and {limits.max_new_tokens}")
     if not (math.isfinite(req.temperature) and 0 <= req.temperature <= 10):
         raise SaedexError(f"temperature must be between 0 and 10, got {req.temperature}")
+    if req.weights not in STEER_WEIGHTS:
+        raise SaedexError(f"weights must be one of {', '.join(STEER_WEIGHTS)}, got {req.weights!r}")
     if not 0 <= req.n_shifts <= 50:
         raise SaedexError("nShifts must be between 0 and 50")
     edits = tuple(_check_edit(e, req.mode, d_sae) for e in req.features)
@@ -139,6 +143,7 @@ class Steering:
     steered: Completion
     temperature: float
     seed: int
+    weights: str  # what generated both sides: float32 (or the model's dtype) or int8
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ def client(steer_db):
 STEER = """query ($features: [SteerFeatureInput!]!, $mode: SteerMode!, $n: Int!, $t: Float!) {
   steer(sae: "sae", prompt: "the quick brown fox", features: $features, mode: $mode,
         nTokens: $n, temperature: $t) {
-    sae mode promptTokens features { index strength decoderNorm maxActivation }
+    sae mode weights promptTokens features { index strength decoderNorm maxActivation }
     default { text steps { token tokenId logprob } }
     steered { text steps { token logprob raised { token delta probability } lowered { delta } } }
   } }"""
@@ -236,6 +236,7 @@ def test_graphql_steer(client, sae):
     body = steer(client, [{"index": 4, "strength": 0.0}])
     got = body["data"]["steer"]
     assert got["sae"] == SAE and got["mode"] == "ADD" and got["promptTokens"][0] == "<bos>"
+    assert got["weights"] == "float32"
     assert got["default"]["text"] == got["steered"]["text"]
     assert len(got["default"]["steps"]) == 8
     assert all(s["logprob"] <= 0 for s in got["default"]["steps"])
@@ -356,6 +357,27 @@ def test_steer_without_inference_is_unavailable(steer_db):
     assert r.status_code == 503
 
 
+def test_steer_on_int8_weights(steer_db):
+    """`serve --steer-weights int8`: both sides on the int8 copy, and the answer says so."""
+    config = ServeConfig(steer_weights="int8")
+    engine = InferenceEngine("cpu")
+    with IndexReader(steer_db) as reader, TestClient(create_app(reader, config, engine)) as c:
+        got = steer(c, [{"index": 4, "strength": 0.0}])["data"]["steer"]
+        rest = c.post(
+            "/api/steer",
+            json={
+                "sae": SAE,
+                "prompt": "x",
+                "features": [{"index": 4, "strength": 9.0}],
+                "nTokens": 3,
+            },
+        )
+    assert got["weights"] == "int8" and got["default"]["text"] == got["steered"]["text"]
+    logprobs = [[s["logprob"] for s in got[side]["steps"]] for side in ("default", "steered")]
+    assert logprobs[0] == logprobs[1]
+    assert rest.status_code == 200 and rest.json()["weights"] == "int8"
+
+
 def test_cli_steer(steer_db):
     from typer.testing import CliRunner
 
@@ -366,6 +388,12 @@ def test_cli_steer(steer_db):
     ok = runner.invoke(app, [*args, "--feature", "4:40", "--n-tokens", "6", "--device", "cpu"])
     assert ok.exit_code == 0, ok.output
     assert "default:" in ok.output and "steered:" in ok.output and "feature 4: add 40" in ok.output
+    int8 = runner.invoke(
+        app, [*args, "--feature", "4:40", "--n-tokens", "3", "--steer-weights", "int8"]
+    )
+    assert int8.exit_code == 0 and "(weights: int8)" in int8.output, int8.output
+    wrong = runner.invoke(app, [*args, "--feature", "4:1", "--steer-weights", "int4"])
+    assert wrong.exit_code == 2 and "--steer-weights must be one of float32, int8" in wrong.output
     bad = runner.invoke(app, [*args, "--feature", "99999:1"])
     assert bad.exit_code == 2 and "unknown feature 99999" in bad.output
     worse = runner.invoke(app, [*args, "--feature", "x:y"])

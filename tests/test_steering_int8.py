@@ -1,0 +1,140 @@
+"""Steering on int8 weights (ServeConfig.steer_weights = int8): the hook's place in the plain
+transformers model, and the exactness guarantees within the mode, on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from saedex.errors import SaedexError
+from saedex.indexer.model import load_model
+from saedex.indexer.sae import load_sae
+from saedex.indexer.steering import (
+    HookSite,
+    Int8Model,
+    Intervention,
+    PairGeneration,
+    PlainForward,
+    hook_site,
+    prompt_ids,
+)
+from saedex.steering import FeatureEdit, SteerRequest
+from tests.conftest import build_tiny_sae
+from tests.test_steering import PROMPT
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_model(str(tiny_model), "cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def sae(tiny_sae):
+    return load_sae(tiny_sae)
+
+
+@pytest.fixture(scope="module")
+def int8(model):
+    return Int8Model(model)
+
+
+def generate(model, sae, req, forward, sink: float = 0.0) -> PairGeneration:
+    ids = prompt_ids(model, req.prompt, True, False)
+    gen = PairGeneration(model, sae, ids, req, sink, forward)
+    while gen.step():
+        pass
+    return gen
+
+
+def test_hooks_map_to_the_modules_the_bridge_wraps(model):
+    assert hook_site(model, "blocks.0.hook_resid_post") == HookSite("model.layers.0", "output")
+    assert hook_site(model, "blocks.1.hook_resid_pre") == HookSite("model.layers.1", "input")
+    assert hook_site(model, "blocks.0.hook_mlp_out") == HookSite("model.layers.0.mlp", "output")
+    # the bridge computes attention itself: its hook_out is not the HF module's output
+    with pytest.raises(SaedexError, match="cannot be steered with int8 weights .* use float32"):
+        hook_site(model, "blocks.0.hook_attn_out")
+    with pytest.raises(SaedexError, match="cannot be steered with int8 weights"):
+        hook_site(model, "blocks.0.attn.hook_pattern")
+    with pytest.raises(SaedexError, match="unknown hook"):
+        hook_site(model, "blocks.7.hook_resid_post")
+
+
+@pytest.mark.parametrize("mode", ["add", "clamp"])
+def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(model, sae, mode):
+    """The int8 path's plumbing on float32 weights: a plain transformers copy with the edit
+    on model.layers.0's output gives the bridge's tokens and log-probs (BOS, sinks and the
+    clamp's encode included)."""
+    hf = AutoModelForCausalLM.from_pretrained(model.bridge.original_model.name_or_path).eval()
+    site = hook_site(model, sae.cfg.hook_name)
+    plain = PlainForward(hf, hf.get_submodule(site.module), site.side, "float32")
+    edits = (FeatureEdit(3, 20.0, 20.0), FeatureEdit(5, -10.0, 0.0))
+    req = SteerRequest(PROMPT, edits, mode, 10, n_shifts=3)
+    ours, theirs = generate(model, sae, req, plain, 1.5), generate(model, sae, req, None, 1.5)
+    assert theirs.completion(1) != theirs.completion(0)  # the edit does something
+    for row in (0, 1):
+        assert ours.completion(row)[0] == theirs.completion(row)[0]
+        torch.testing.assert_close(
+            torch.tensor(ours.completion(row)[1]), torch.tensor(theirs.completion(row)[1])
+        )
+    for a, b in zip(ours.shifts(3), theirs.shifts(3), strict=True):
+        assert [s.token_id for s in a[0]] == [s.token_id for s in b[0]]
+
+
+def test_int8_strength_zero_is_exactly_its_unsteered_model(model, sae, int8):
+    req = SteerRequest(PROMPT, (FeatureEdit(3, 0.0), FeatureEdit(7, 0.0)), "add", 12)
+    gen = generate(model, sae, req, int8.forward(sae.cfg.hook_name))
+    assert gen.forward.weights == "int8"
+    assert gen.completion(0) == gen.completion(1) and len(gen.completion(0)[0]) == 12
+    bridge = generate(model, sae, req, None)
+    assert bridge.forward.weights == "float32"
+    assert gen.completion(0)[1] != bridge.completion(0)[1]  # int8 is another model
+
+
+def test_int8_ablating_an_inactive_feature_is_exactly_its_unsteered_model(model, int8, tmp_path):
+    sae = load_sae(build_tiny_sae(tmp_path / "wide", "topk", 256, 2))  # many inactive features
+    forward = int8.forward(sae.cfg.hook_name)
+    base = generate(model, sae, SteerRequest(PROMPT, (FeatureEdit(0, 0.0),), "add", 12), forward)
+    seen = features_at_hook(forward, sae, base.prompt + base.completion(0)[0])
+    inactive, active = int((seen == 0).nonzero()[0]), int(seen.argmax())
+    req = SteerRequest(PROMPT, (FeatureEdit(inactive),), "ablate", 12)
+    gen = generate(model, sae, req, forward)
+    assert gen.completion(1) == base.completion(0) == gen.completion(0)
+    strong = generate(
+        model, sae, SteerRequest(PROMPT, (FeatureEdit(active),), "ablate", 12), forward
+    )
+    assert strong.completion(1)[1] != strong.completion(0)[1]
+
+
+def test_int8_clamping_to_its_own_values_keeps_its_outputs(model, sae, int8):
+    forward = int8.forward(sae.cfg.hook_name)
+    ids = prompt_ids(model, "fox", True, False)[:2]
+    acts = features_at_hook(forward, sae, ids)
+    edits = tuple(FeatureEdit(int(i), None, float(acts[i])) for i in acts.nonzero()[:, 0])
+    assert len(edits) >= 2
+    tokens = torch.tensor([ids] * 2)
+    with torch.inference_mode():
+        plain, _ = forward(tokens, None)
+        with forward.edited(Intervention(sae, edits, "clamp", [False, True], True, 0.0)):
+            clamped, _ = forward(tokens, None)
+    torch.testing.assert_close(clamped[1], plain[1], rtol=1e-4, atol=1e-3)
+
+
+def features_at_hook(forward: PlainForward, sae, ids: list[int]) -> torch.Tensor:
+    """Each feature's max activation at the hook of `forward`'s model (BOS left out)."""
+    seen = []
+
+    def grab(act, hook=None):
+        seen.append(act.detach().clone())
+        return act
+
+    with torch.inference_mode(), forward.edited(grab):
+        forward(torch.tensor([ids]), None)
+        return sae.encode(seen[0][0, 1:]).amax(0)
+
+
+def test_int8_needs_the_cpu(model):
+    from dataclasses import replace
+
+    with pytest.raises(SaedexError, match="CPU only"):
+        Int8Model(replace(model, device="cuda"))
