@@ -48,7 +48,7 @@ class LiveModels:
             torch.set_num_threads(threads)
         self._models: dict[str, LoadedModel] = {}
         self._saes: dict[str, SparseAutoencoder] = {}
-        self._int8: dict[str, object] = {}  # model name -> its int8 copy (steer_weights int8)
+        self._quantized: dict[tuple, object] = {}  # (model, steer_weights) -> a quantized copy
 
     def load(self, info: SaeInfo) -> tuple[LoadedModel, SparseAutoencoder]:
         spec = DEFAULT_MODEL if info.model_name == DEFAULT_MODEL_NAME else info.model_name
@@ -65,17 +65,18 @@ class LiveModels:
         return model, self._saes[info.sae_path]
 
     def steer_forward(self, model: LoadedModel, hook_name: str, weights: str):
-        """What a steering generation runs on: the bridge, or the model's int8 copy (built on
-        first use, a few seconds; a hook it cannot map is a BadInput)."""
-        from saedex.indexer.steering import BridgeForward, Int8Model
+        """What a steering generation runs on: the bridge (float32), or the model's quantized
+        copy (built on first use, a few seconds; a hook it cannot map is a BadInput)."""
+        from saedex.indexer.steering import BridgeForward, QuantizedModel
 
-        if weights != "int8":
+        if weights == "float32":
             return BridgeForward(model, hook_name)
+        key = (model.name, weights)
         try:
-            if model.name not in self._int8:
-                log.info("quantizing %s to int8 for steering", model.name)
-                self._int8[model.name] = Int8Model(model)
-            return self._int8[model.name].forward(hook_name)
+            if key not in self._quantized:
+                log.info("quantizing %s to %s for steering", model.name, weights)
+                self._quantized[key] = QuantizedModel(model, weights)
+            return self._quantized[key].forward(hook_name)
         except SaedexError as exc:
             raise BadInput(str(exc)) from exc
 

@@ -80,9 +80,9 @@ class Steering:
     temperature: float
     seed: int
     weights: str = strawberry.field(
-        description="What generated both sides: float32 (the index's model, or its --dtype) "
-        "or int8 (quantized linear weights: faster, answers differ from float32's; "
-        "ServeConfig.steer_weights)."
+        description="What generated both sides (ServeConfig.steer_weights): float32 (the "
+        "index's model), or float16 or int8 linear weights (faster; float16 within ~0.01 nats "
+        "of float32, int8 changes the text: docs/steering.md)."
     )
 
 

@@ -1,7 +1,7 @@
 """Steering speed: side-by-side generation on the default model and the shipped SAE (issue 16.4).
 
     python bench/steer_bench.py [--runs 10] [--threads 2] [--tokens 32] [--dtype float32]
-        [--no-reference]
+        [--weights float32 float16 int8] [--no-reference]
 
 Times what `steer` does for one request: 32 new tokens for both sides (default and steered) with
 the per-step token shifts, as saedex's `PairGeneration` runs it (one batch of two rows, one KV
@@ -15,6 +15,14 @@ that say where the time goes:
 - `HF model, no bridge`: the same decode loop on the plain transformers model the bridge wraps
   (a second copy; the cost of TransformerLens's wrapping is the gap to the bridge's figure);
 - `no cache`: the whole sequence recomputed at every step (skip with --no-reference).
+For each quantized mode in `--weights` (`serve --steer-weights float16|int8`):
+- `KV cache (saedex, W weights)`: the same full request (two rows, then the shifts) on the
+  plain transformers model with float16 or int8 dynamically quantized linear weights, the
+  edit by a torch hook (saedex's `QuantizedModel`);
+- `HF model W, no hook`: the same quantized model in the plain decode loop (the cost of
+  saedex's hook and shifts there is the gap).
+The float32 lines (and their references) run when `--weights` names float32 (the default
+names all three).
 The target is p50 <= 2.5 s on 2 idle cores.
 
 Prints one line per figure, each with the load average and the core count: the machine may be
@@ -31,6 +39,7 @@ import time
 
 import torch
 
+from saedex.config import STEER_WEIGHTS
 from saedex.steering import FeatureEdit, SteerRequest
 
 PROMPT = "Once upon a time,"
@@ -44,14 +53,29 @@ def load_default(dtype: str):
     return model, load_sae(resolve_sae("default")).to(model.device)
 
 
-def cached_run(model, sae, ids, req) -> None:
+def cached_run(model, sae, ids, req, forward=None) -> None:
     """One request as the API runs it: two rows with a KV cache, then the shifts."""
     from saedex.indexer.steering import PairGeneration
 
-    gen = PairGeneration(model, sae, ids, req, 4.0)
+    gen = PairGeneration(model, sae, ids, req, 4.0, forward)
     while gen.step():
         pass
     gen.shifts(req.n_shifts)
+
+
+def quantized_runs(model, sae, weights: str) -> dict:
+    """A quantized mode's full request, and its plain decode loop without hook or shifts."""
+    from saedex.indexer.steering import QuantizedModel
+
+    forward = QuantizedModel(model, weights).forward(sae.cfg.hook_name)
+
+    def full(model, sae, ids, req) -> None:
+        cached_run(model, sae, ids, req, forward)
+
+    def plain(model, sae, ids, req) -> None:
+        decode_loop(forward, ids, req.n_tokens)
+
+    return {f"KV cache (saedex, {weights} weights)": full, f"HF model {weights}, no hook": plain}
 
 
 def rerun_shifts_run(model, sae, ids, req) -> None:
@@ -130,14 +154,19 @@ def main(argv=None) -> None:
     model, sae = load_default(args.dtype)
     req = SteerRequest(PROMPT, (FeatureEdit(100, 8.0),), "add", args.tokens)
     ids = prompt_ids(model, req.prompt, True, False)
-    runs = {
-        "KV cache (saedex)": cached_run,
-        "two rows, shifts re-run (former)": rerun_shifts_run,
-        "bridge, no hook": bridge_run,
-        "HF model, no bridge": hf_runner(args.dtype),
-    }
-    if args.reference:
-        runs["no cache (reference)"] = uncached_run
+    runs = {}
+    if "float32" in args.weights:
+        runs = {
+            "KV cache (saedex)": cached_run,
+            "two rows, shifts re-run (former)": rerun_shifts_run,
+            "bridge, no hook": bridge_run,
+            "HF model, no bridge": hf_runner(args.dtype),
+        }
+        if args.reference:
+            runs["no cache (reference)"] = uncached_run
+    for weights in args.weights:
+        if weights != "float32":
+            runs |= quantized_runs(model, sae, weights)
     for fn in runs.values():
         fn(model, sae, ids, req)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -148,18 +177,23 @@ def main(argv=None) -> None:
             fn(model, sae, ids, req)
             times[name].append(time.perf_counter() - started)
     after = load_note()
-    what = f"{args.tokens} new tokens x 2 sides, default model + shipped SAE, {args.dtype}, CPU"
     for name, t in times.items():
+        weights = next((f"{w} linear weights" for w in args.weights if w in name), args.dtype)
+        what = f"{args.tokens} new tokens x 2 sides, default model + shipped SAE, {weights}, CPU"
         print(
             f"steer_bench {name}: p50 {statistics.median(t):.2f} s, max {max(t):.2f} s over "
             f"{len(t)} runs, {statistics.median(t) / args.tokens * 1000:.0f} ms/token ({what}, "
             f"torch {args.threads} threads; {before} before, {after} after)"
         )
-    if args.reference:
-        ratio = statistics.median(times["no cache (reference)"]) / statistics.median(
-            times["KV cache (saedex)"]
-        )
+    p50 = {name: statistics.median(t) for name, t in times.items()}
+    if "no cache (reference)" in p50:
+        ratio = p50["no cache (reference)"] / p50["KV cache (saedex)"]
         print(f"steer_bench speed-up of the KV cache: {ratio:.2f}x at p50 (same run)")
+    for weights in args.weights:
+        name = f"KV cache (saedex, {weights} weights)"
+        if "KV cache (saedex)" in p50 and name in p50:
+            ratio = p50["KV cache (saedex)"] / p50[name]
+            print(f"steer_bench speed-up of {weights} weights: {ratio:.2f}x at p50 (same run)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -168,6 +202,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=32, help="new tokens per side")
     p.add_argument("--dtype", default="float32", help="float32 (the index's), bfloat16, float16")
+    p.add_argument(
+        "--weights", nargs="+", default=list(STEER_WEIGHTS), choices=STEER_WEIGHTS,
+        help="steer weights to time (float32 brings the references along)",
+    )  # fmt: skip
     p.add_argument(
         "--no-reference", dest="reference", action="store_false",
         help="skip the uncached reference (faster)",

@@ -10,12 +10,13 @@ for generated tokens, of the prompt's median). Exactness follows from the arithm
 of strength 0, or a clamp of a feature to the value it has (0 for an inactive one when
 ablating), adds an exact zero, and rows not steered are passed through untouched.
 
-Generation runs on one of two forwards (`ServeConfig.steer_weights`): the TransformerLens
-bridge (`BridgeForward`, the model the index was built with), or an int8 copy
-(`Int8Model`, run by `PlainForward`): the plain transformers model with its linear weights dynamically quantized
-to int8, the edit applied by a forward hook on the transformers module whose output (or
-input) is the SAE's hook. Both sides of a pair and the shifts run on the same forward, so the
-exactness above holds within either one; int8 moves the answers against float32
+Generation runs on one of three forwards (`ServeConfig.steer_weights`): the TransformerLens
+bridge (`BridgeForward`, the model the index was built with), or a quantized copy
+(`QuantizedModel`, run by `PlainForward`): the plain transformers model with its linear
+weights dynamically quantized (torch's `quantize_dynamic`) to float16 or int8, the edit
+applied by a forward hook on the transformers module whose output (or input) is the SAE's
+hook. Both sides of a pair and the shifts run on the same forward, so the exactness above
+holds within each one; float16 and int8 move the answers against float32, int8 by a lot
 (docs/steering.md, Speed).
 """
 
@@ -132,7 +133,7 @@ class BridgeForward:
 
 
 class PlainForward:
-    """A plain transformers model (the int8 copy of `Int8Model`), the edit on the output (or
+    """A plain transformers model (a `QuantizedModel`'s copy), the edit on the output (or
     input) of the transformers module that the SAE's hook is (`hook_site`). No TransformerLens
     in the loop: its per-module Python costs ~1.8 s over a 32-token generation
     (docs/steering.md, Speed)."""
@@ -153,16 +154,25 @@ class PlainForward:
         return out.logits, out.past_key_values
 
 
-class Int8Model:
-    """A plain transformers copy of a loaded model with its linear layers dynamically quantized
-    to int8 (torch's `quantize_dynamic`: int8 weights, activations quantized per call; CPU
-    only). A decode step of this model is memory-bound: int8 reads a quarter of float32's
-    bytes for the linear layers (the embedding stays float32)."""
+# steer_weights -> the dtype `quantize_dynamic` stores linear weights in
+QUANTIZED = {"int8": torch.qint8, "float16": torch.float16}
 
-    def __init__(self, model: LoadedModel):
+
+class QuantizedModel:
+    """A plain transformers copy of a loaded model with its linear layers dynamically
+    quantized (torch's `quantize_dynamic`, CPU only; the embedding stays float32). A decode
+    step is memory-bound, so fewer weight bytes is most of the speed-up:
+    - float16: float16 weights, float32 activations (fbgemm's fp16 GEMM): half the bytes,
+      answers within ~0.01 nats of float32's;
+    - int8: int8 weights, activations quantized per matrix product to 7 bits with ONE scale
+      for the whole input (all rows and positions): a quarter of the bytes, but this model's
+      activations span ~100x between their median and their max, so most round to a few
+      levels; its answers are far from float32's, and a row's depend on the other rows."""
+
+    def __init__(self, model: LoadedModel, weights: str):
         if torch.device(model.device).type != "cpu":
             raise SaedexError(
-                f"int8 steering weights run on the CPU only (torch dynamic quantization); "
+                f"{weights} steering weights run on the CPU only (torch dynamic quantization); "
                 f"the model is on {model.device}: use float32 there"
             )
         from torch.ao.quantization import quantize_dynamic
@@ -172,15 +182,17 @@ class Int8Model:
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         with warnings.catch_warnings():  # torch.ao's notice that this API moves to torchao
             warnings.simplefilter("ignore")
-            self.hf = quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        self.model = model
+            dtype = QUANTIZED[weights]
+            self.hf = quantize_dynamic(hf, {torch.nn.Linear}, dtype=dtype, inplace=True)
+        self.model, self.weights = model, weights
         self._sites: dict[str, HookSite] = {}
 
     def forward(self, hook_name: str) -> PlainForward:
         if hook_name not in self._sites:
             self._sites[hook_name] = hook_site(self.model, hook_name)
         site = self._sites[hook_name]
-        return PlainForward(self.hf, self.hf.get_submodule(site.module), site.side, "int8")
+        module = self.hf.get_submodule(site.module)
+        return PlainForward(self.hf, module, site.side, self.weights)
 
 
 @dataclass(frozen=True)
@@ -235,7 +247,7 @@ def _module_path(bridge, owner: str) -> str | None:
 
 def _unmapped(model: LoadedModel, hook_name: str, why: str) -> SaedexError:
     return SaedexError(
-        f"hook {hook_name!r} of {model.name} cannot be steered with int8 weights ({why}); "
+        f"hook {hook_name!r} of {model.name} cannot be steered with quantized weights ({why}); "
         "use float32"
     )
 

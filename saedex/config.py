@@ -67,8 +67,8 @@ def validate(config: Any) -> None:
             raise ConfigError(f.name, f"must be at most {high}, got {value}")
 
 
-# What steering generation runs on (saedex.indexer.steering: BridgeForward, Int8Model).
-STEER_WEIGHTS = ("float32", "int8")
+# What steering generation runs on (saedex.indexer.steering: BridgeForward, QuantizedModel).
+STEER_WEIGHTS = ("float32", "float16", "int8")
 
 # How an index may store activation values (saedex.store.precision).
 VALUE_PRECISIONS = ("float32", "bfloat16")
@@ -268,11 +268,11 @@ class ServeConfig:
     # -- steering speed (issue 16; docs/steering.md, Speed) --
     steer_weights: str = setting(
         "float32",
-        "What steer generates with: float32 (the TransformerLens model the index used) or "
-        "int8 (a plain transformers copy with int8 linear weights; faster, CPU only). Both "
-        "sides and the shifts run on the one chosen, so strength 0 stays exact; int8's text "
-        "and log-probs differ from float32's (docs/steering.md): for exploration, not final "
-        "figures.",
+        "What steer generates with: float32 (the TransformerLens model the index used), or "
+        "a plain transformers copy with float16 or int8 linear weights (faster, CPU only). "
+        "Both sides and the shifts run on the one chosen, so strength 0 stays exact; float16 "
+        "stays within ~0.01 nats of float32, int8 changes the text (docs/steering.md): "
+        "float32 for final figures.",
         choices=STEER_WEIGHTS,
     )
     # -- explanation edits (saedex.api.auth) --

@@ -143,7 +143,7 @@ class Steering:
     steered: Completion
     temperature: float
     seed: int
-    weights: str  # what generated both sides: float32 (or the model's dtype) or int8
+    weights: str  # what generated both sides: float32 (or the model's dtype), float16, int8
 
 
 @dataclass(frozen=True)

@@ -393,7 +393,10 @@ def test_cli_steer(steer_db):
     )
     assert int8.exit_code == 0 and "(weights: int8)" in int8.output, int8.output
     wrong = runner.invoke(app, [*args, "--feature", "4:1", "--steer-weights", "int4"])
-    assert wrong.exit_code == 2 and "--steer-weights must be one of float32, int8" in wrong.output
+    assert (
+        wrong.exit_code == 2
+        and "--steer-weights must be one of float32, float16, int8" in wrong.output
+    )
     bad = runner.invoke(app, [*args, "--feature", "99999:1"])
     assert bad.exit_code == 2 and "unknown feature 99999" in bad.output
     worse = runner.invoke(app, [*args, "--feature", "x:y"])

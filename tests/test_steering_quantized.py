@@ -1,5 +1,6 @@
-"""Steering on int8 weights (ServeConfig.steer_weights = int8): the hook's place in the plain
-transformers model, and the exactness guarantees within the mode, on the tiny model."""
+"""Steering on quantized weights (ServeConfig.steer_weights float16 and int8): the hook's place
+in the plain transformers model, and the exactness guarantees within each mode, on the tiny
+model."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from saedex.indexer.model import load_model
 from saedex.indexer.sae import load_sae
 from saedex.indexer.steering import (
     HookSite,
-    Int8Model,
     Intervention,
     PairGeneration,
     PlainForward,
+    QuantizedModel,
     hook_site,
     prompt_ids,
 )
@@ -34,9 +35,10 @@ def sae(tiny_sae):
     return load_sae(tiny_sae)
 
 
-@pytest.fixture(scope="module")
-def int8(model):
-    return Int8Model(model)
+@pytest.fixture(scope="module", params=["int8", "float16"])
+def quantized(model, request):
+    """The quantized copy (int8, or float16: the same tests hold for both)."""
+    return QuantizedModel(model, request.param)
 
 
 def generate(model, sae, req, forward, sink: float = 0.0) -> PairGeneration:
@@ -52,9 +54,11 @@ def test_hooks_map_to_the_modules_the_bridge_wraps(model):
     assert hook_site(model, "blocks.1.hook_resid_pre") == HookSite("model.layers.1", "input")
     assert hook_site(model, "blocks.0.hook_mlp_out") == HookSite("model.layers.0.mlp", "output")
     # the bridge computes attention itself: its hook_out is not the HF module's output
-    with pytest.raises(SaedexError, match="cannot be steered with int8 weights .* use float32"):
+    with pytest.raises(
+        SaedexError, match="cannot be steered with quantized weights .* use float32"
+    ):
         hook_site(model, "blocks.0.hook_attn_out")
-    with pytest.raises(SaedexError, match="cannot be steered with int8 weights"):
+    with pytest.raises(SaedexError, match="cannot be steered with quantized weights"):
         hook_site(model, "blocks.0.attn.hook_pattern")
     with pytest.raises(SaedexError, match="unknown hook"):
         hook_site(model, "blocks.7.hook_resid_post")
@@ -62,7 +66,7 @@ def test_hooks_map_to_the_modules_the_bridge_wraps(model):
 
 @pytest.mark.parametrize("mode", ["add", "clamp"])
 def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(model, sae, mode):
-    """The int8 path's plumbing on float32 weights: a plain transformers copy with the edit
+    """The quantized path's plumbing on float32 weights: a plain transformers copy with the edit
     on model.layers.0's output gives the bridge's tokens and log-probs (BOS, sinks and the
     clamp's encode included)."""
     hf = AutoModelForCausalLM.from_pretrained(model.bridge.original_model.name_or_path).eval()
@@ -81,19 +85,21 @@ def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(mod
         assert [s.token_id for s in a[0]] == [s.token_id for s in b[0]]
 
 
-def test_int8_strength_zero_is_exactly_its_unsteered_model(model, sae, int8):
+def test_quantized_strength_zero_is_exactly_its_unsteered_model(model, sae, quantized):
     req = SteerRequest(PROMPT, (FeatureEdit(3, 0.0), FeatureEdit(7, 0.0)), "add", 12)
-    gen = generate(model, sae, req, int8.forward(sae.cfg.hook_name))
-    assert gen.forward.weights == "int8"
+    gen = generate(model, sae, req, quantized.forward(sae.cfg.hook_name))
+    assert gen.forward.weights == quantized.weights
     assert gen.completion(0) == gen.completion(1) and len(gen.completion(0)[0]) == 12
     bridge = generate(model, sae, req, None)
     assert bridge.forward.weights == "float32"
-    assert gen.completion(0)[1] != bridge.completion(0)[1]  # int8 is another model
+    assert gen.completion(0)[1] != bridge.completion(0)[1]  # another model
 
 
-def test_int8_ablating_an_inactive_feature_is_exactly_its_unsteered_model(model, int8, tmp_path):
+def test_quantized_ablating_an_inactive_feature_is_exactly_its_unsteered_model(
+    model, quantized, tmp_path
+):
     sae = load_sae(build_tiny_sae(tmp_path / "wide", "topk", 256, 2))  # many inactive features
-    forward = int8.forward(sae.cfg.hook_name)
+    forward = quantized.forward(sae.cfg.hook_name)
     base = generate(model, sae, SteerRequest(PROMPT, (FeatureEdit(0, 0.0),), "add", 12), forward)
     seen = features_at_hook(forward, sae, base.prompt + base.completion(0)[0])
     inactive, active = int((seen == 0).nonzero()[0]), int(seen.argmax())
@@ -106,8 +112,8 @@ def test_int8_ablating_an_inactive_feature_is_exactly_its_unsteered_model(model,
     assert strong.completion(1)[1] != strong.completion(0)[1]
 
 
-def test_int8_clamping_to_its_own_values_keeps_its_outputs(model, sae, int8):
-    forward = int8.forward(sae.cfg.hook_name)
+def test_quantized_clamping_to_its_own_values_keeps_its_outputs(model, sae, quantized):
+    forward = quantized.forward(sae.cfg.hook_name)
     ids = prompt_ids(model, "fox", True, False)[:2]
     acts = features_at_hook(forward, sae, ids)
     edits = tuple(FeatureEdit(int(i), None, float(acts[i])) for i in acts.nonzero()[:, 0])
@@ -133,8 +139,8 @@ def features_at_hook(forward: PlainForward, sae, ids: list[int]) -> torch.Tensor
         return sae.encode(seen[0][0, 1:]).amax(0)
 
 
-def test_int8_needs_the_cpu(model):
+def test_quantized_weights_need_the_cpu(model):
     from dataclasses import replace
 
     with pytest.raises(SaedexError, match="CPU only"):
-        Int8Model(replace(model, device="cuda"))
+        QuantizedModel(replace(model, device="cuda"), "int8")
