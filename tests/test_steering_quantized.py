@@ -126,8 +126,8 @@ def test_quantized_clamping_to_its_own_values_keeps_its_outputs(model, sae, quan
     torch.testing.assert_close(clamped[1], plain[1], rtol=1e-4, atol=1e-3)
 
 
-def features_at_hook(forward: PlainForward, sae, ids: list[int]) -> torch.Tensor:
-    """Each feature's max activation at the hook of `forward`'s model (BOS left out)."""
+def at_hook(forward: PlainForward, ids: list[int]) -> torch.Tensor:
+    """The activations at the hook of `forward`'s model, [1, T, d]."""
     seen = []
 
     def grab(act, hook=None):
@@ -136,7 +136,13 @@ def features_at_hook(forward: PlainForward, sae, ids: list[int]) -> torch.Tensor
 
     with torch.inference_mode(), forward.edited(grab):
         forward(torch.tensor([ids]), None)
-        return sae.encode(seen[0][0, 1:]).amax(0)
+    return seen[0]
+
+
+def features_at_hook(forward: PlainForward, sae, ids: list[int]) -> torch.Tensor:
+    """Each feature's max activation at the hook of `forward`'s model (BOS left out)."""
+    with torch.inference_mode():
+        return sae.encode(at_hook(forward, ids)[0, 1:]).amax(0)
 
 
 def test_quantized_weights_need_the_cpu(model):
