@@ -77,11 +77,16 @@ def test_ablating_an_inactive_feature_is_exactly_the_unsteered_model(model, wide
     assert strong.completion(1)[1] != strong.completion(0)[1]  # an active one changes things
 
 
+def own_values(acts: torch.Tensor) -> tuple[FeatureEdit, ...]:
+    """Every active feature clamped to the value it has (a clamp that changes nothing)."""
+    return tuple(FeatureEdit(int(i), None, float(acts[i])) for i in acts.nonzero()[:, 0])
+
+
 def test_clamping_to_its_own_value_keeps_the_outputs(model, sae):
     """BOS + one token: every active feature clamped to the value it has there."""
     ids = prompt_ids(model, "fox", True, False)[:2]
     acts = features_seen(model, sae, ids)
-    edits = tuple(FeatureEdit(int(i), None, float(acts[i])) for i in acts.nonzero()[:, 0])
+    edits = own_values(acts)
     assert len(edits) >= 2
     tokens = torch.tensor([ids] * 2)
     with torch.inference_mode():

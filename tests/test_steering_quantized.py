@@ -22,23 +22,19 @@ from saedex.indexer.steering import (
 )
 from saedex.steering import FeatureEdit, SteerRequest
 from tests.conftest import build_tiny_sae
-from tests.test_steering import PROMPT
+from tests.test_steering import PROMPT, own_values
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    return load_model(str(tiny_model), "cpu", progress=False)
-
-
-@pytest.fixture(scope="module")
-def sae(tiny_sae):
-    return load_sae(tiny_sae)
+def tiny(tiny_model, tiny_sae):
+    """The tiny model (its bridge) and SAE."""
+    return load_model(str(tiny_model), "cpu", progress=False), load_sae(tiny_sae)
 
 
 @pytest.fixture(scope="module", params=["int8", "float16"])
-def quantized(model, request):
+def quantized(tiny, request):
     """The quantized copy (int8, or float16: the same tests hold for both)."""
-    return QuantizedModel(model, request.param)
+    return QuantizedModel(tiny[0], request.param)
 
 
 def generate(model, sae, req, forward, sink: float = 0.0) -> PairGeneration:
@@ -49,7 +45,8 @@ def generate(model, sae, req, forward, sink: float = 0.0) -> PairGeneration:
     return gen
 
 
-def test_hooks_map_to_the_modules_the_bridge_wraps(model):
+def test_hooks_map_to_the_modules_the_bridge_wraps(tiny):
+    model = tiny[0]
     assert hook_site(model, "blocks.0.hook_resid_post") == HookSite("model.layers.0", "output")
     assert hook_site(model, "blocks.1.hook_resid_pre") == HookSite("model.layers.1", "input")
     assert hook_site(model, "blocks.0.hook_mlp_out") == HookSite("model.layers.0.mlp", "output")
@@ -65,10 +62,11 @@ def test_hooks_map_to_the_modules_the_bridge_wraps(model):
 
 
 @pytest.mark.parametrize("mode", ["add", "clamp"])
-def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(model, sae, mode):
+def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(tiny, mode):
     """The quantized path's plumbing on float32 weights: a plain transformers copy with the edit
     on model.layers.0's output gives the bridge's tokens and log-probs (BOS, sinks and the
     clamp's encode included)."""
+    model, sae = tiny
     hf = AutoModelForCausalLM.from_pretrained(model.bridge.original_model.name_or_path).eval()
     site = hook_site(model, sae.cfg.hook_name)
     plain = PlainForward(hf, hf.get_submodule(site.module), site.side, "float32")
@@ -85,7 +83,8 @@ def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(mod
         assert [s.token_id for s in a[0]] == [s.token_id for s in b[0]]
 
 
-def test_quantized_strength_zero_is_exactly_its_unsteered_model(model, sae, quantized):
+def test_quantized_strength_zero_is_exactly_its_unsteered_model(tiny, quantized):
+    model, sae = tiny
     req = SteerRequest(PROMPT, (FeatureEdit(3, 0.0), FeatureEdit(7, 0.0)), "add", 12)
     gen = generate(model, sae, req, quantized.forward(sae.cfg.hook_name))
     assert gen.forward.weights == quantized.weights
@@ -96,32 +95,33 @@ def test_quantized_strength_zero_is_exactly_its_unsteered_model(model, sae, quan
 
 
 def test_quantized_ablating_an_inactive_feature_is_exactly_its_unsteered_model(
-    model, quantized, tmp_path
+    tiny, quantized, tmp_path
 ):
-    sae = load_sae(build_tiny_sae(tmp_path / "wide", "topk", 256, 2))  # many inactive features
-    forward = quantized.forward(sae.cfg.hook_name)
-    base = generate(model, sae, SteerRequest(PROMPT, (FeatureEdit(0, 0.0),), "add", 12), forward)
-    seen = features_at_hook(forward, sae, base.prompt + base.completion(0)[0])
+    model = tiny[0]
+    wide = load_sae(build_tiny_sae(tmp_path / "wide", "topk", 256, 2))  # many inactive features
+    forward = quantized.forward(wide.cfg.hook_name)
+    base = generate(model, wide, SteerRequest(PROMPT, (FeatureEdit(0, 0.0),), "add", 12), forward)
+    seen = features_at_hook(forward, wide, base.prompt + base.completion(0)[0])
     inactive, active = int((seen == 0).nonzero()[0]), int(seen.argmax())
     req = SteerRequest(PROMPT, (FeatureEdit(inactive),), "ablate", 12)
-    gen = generate(model, sae, req, forward)
+    gen = generate(model, wide, req, forward)
     assert gen.completion(1) == base.completion(0) == gen.completion(0)
     strong = generate(
-        model, sae, SteerRequest(PROMPT, (FeatureEdit(active),), "ablate", 12), forward
+        model, wide, SteerRequest(PROMPT, (FeatureEdit(active),), "ablate", 12), forward
     )
     assert strong.completion(1)[1] != strong.completion(0)[1]
 
 
-def test_quantized_clamping_to_its_own_values_keeps_its_outputs(model, sae, quantized):
+def test_quantized_clamping_to_its_own_values_keeps_its_outputs(tiny, quantized):
+    model, sae = tiny
     forward = quantized.forward(sae.cfg.hook_name)
     ids = prompt_ids(model, "fox", True, False)[:2]
     acts = features_at_hook(forward, sae, ids)
-    edits = tuple(FeatureEdit(int(i), None, float(acts[i])) for i in acts.nonzero()[:, 0])
-    assert len(edits) >= 2
+    assert len(own_values(acts)) >= 2
     tokens = torch.tensor([ids] * 2)
     with torch.inference_mode():
         plain, _ = forward(tokens, None)
-        with forward.edited(Intervention(sae, edits, "clamp", [False, True], True, 0.0)):
+        with forward.edited(Intervention(sae, own_values(acts), "clamp", [False, True], True, 0.0)):
             clamped, _ = forward(tokens, None)
     torch.testing.assert_close(clamped[1], plain[1], rtol=1e-4, atol=1e-3)
 
@@ -145,8 +145,8 @@ def features_at_hook(forward: PlainForward, sae, ids: list[int]) -> torch.Tensor
         return sae.encode(at_hook(forward, ids)[0, 1:]).amax(0)
 
 
-def test_quantized_weights_need_the_cpu(model):
+def test_quantized_weights_need_the_cpu(tiny):
     from dataclasses import replace
 
     with pytest.raises(SaedexError, match="CPU only"):
-        QuantizedModel(replace(model, device="cuda"), "int8")
+        QuantizedModel(replace(tiny[0], device="cuda"), "int8")
