@@ -81,7 +81,7 @@ class Steering:
     seed: int
     weights: str = strawberry.field(
         description="What generated both sides (ServeConfig.steer_weights): float32 (the "
-        "index's model), or float16 or int8 linear weights (faster; float16 within ~0.01 nats "
+        "index's model), or float16 or int8 linear weights (faster; float16 within ~0.02 nats "
         "of float32, int8 changes the text: docs/steering.md)."
     )
 

@@ -163,7 +163,7 @@ class QuantizedModel:
     quantized (torch's `quantize_dynamic`, CPU only; the embedding stays float32). A decode
     step is memory-bound, so fewer weight bytes is most of the speed-up:
     - float16: float16 weights, float32 activations (fbgemm's fp16 GEMM): half the bytes,
-      answers within ~0.01 nats of float32's;
+      answers within ~0.02 nats of float32's;
     - int8: int8 weights, activations quantized per matrix product to 7 bits with ONE scale
       for the whole input (all rows and positions): a quarter of the bytes, but this model's
       activations span ~100x between their median and their max, so most round to a few
