@@ -23,7 +23,7 @@ from saedex.config import (
 )
 from saedex.data import SaeInfo
 
-DEMO_TOKENS = 300_000
+DEMO_TOKENS = 150_000  # with 3 widths matched and a site of all three, keeps `make demo` < 15 min
 EXPLAIN_SECONDS = 120.0  # the demo explains as many features as fit in this (2 CPU cores)
 
 
