@@ -2,6 +2,7 @@
 
     python bench/ray_bench.py [--model default] [--sae default] [--corpus default]
                               [--tokens 1000000] [--workers 2] [--shards 4] [--out FILE]
+                              [--sides single,ray] [--keep DIR]
 
 Both sides index the same corpus prefix with the same settings into fresh stores, one after
 the other in this process (the single process first; then a local Ray cluster on 127.0.0.1
@@ -11,13 +12,17 @@ final aggregation, the driver's peak RSS during each (Linux's VmHWM, reset befor
 what the step adds over what the process already held, the driver's loaded model included),
 the shard and run sizes per token (run file plus its Parquet folder), and the load average
 beside every figure: on a shared machine, background load moves the times (not the sizes), so
-read them with it. Both indexes
-are compared table by table at the end (tests/test_ray.py's comparison).
+read them with it. Both indexes are compared table by table at the end
+(tests/test_ray.py's comparison, streamed: DuckDB sorts out of core, so the comparison's memory
+does not grow with the tokens). `--sides` runs one side now; with `--keep DIR` and the same
+`--out`, the other side can run later (its figures join the same JSON) and the comparison runs
+once both indexes are there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -135,6 +140,92 @@ def run(job: IndexJob, model, label: str) -> dict:
 
 
 def main() -> None:
+    args = parse_args()
+    keep_freed_memory()
+    results = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
+    results |= {"tokens_asked": args.tokens, "workers": args.workers, "shards": args.shards}
+    with contextlib.ExitStack() as stack:
+        where = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        where.mkdir(parents=True, exist_ok=True)
+        single = IndexJob(
+            args.model, args.sae, args.corpus, where / "single.duckdb", "s",
+            config=IndexConfig(max_tokens=args.tokens),
+        )  # fmt: skip
+        sharded = dataclasses.replace(
+            single, db=where / "ray.duckdb", ray=RayConfig(shards=args.shards)
+        )
+        model = load_model(args.model, None, None, False)
+        if "single" in args.sides:
+            results["single"] = single_side(single, model)
+            _save(results, args.out)
+        if "ray" in args.sides:
+            results["ray"] = ray_side(sharded, model, args.workers, results)
+            _save(results, args.out)
+        if "single" in results and "ray" in results:
+            results["overhead"] = round(results["ray"]["wall_s"] / results["single"]["wall_s"], 3)
+        if all(job.db.exists() and Catalog(job.db).complete() for job in (single, sharded)):
+            results["comparison"] = compare(sharded.db, single.db)
+    _save(results, args.out)
+
+
+def single_side(job: IndexJob, model) -> dict:
+    finalize = Step("aggregation")
+    IndexWriter.finalize = finalize.wrap(_unwrapped(IndexWriter.finalize))
+    return run(job, model, "single process") | {"aggregation": finalize.report()}
+
+
+def ray_side(job: IndexJob, model, workers: int, results: dict) -> dict:
+    """The sharded run on a fresh local cluster, with the merge of each shard timed."""
+    import ray
+
+    load = os.getloadavg()
+    started = time.perf_counter()
+    sharding.start_local_cluster(ray, workers)
+    results["cluster_start"] = {"seconds": round(time.perf_counter() - started, 1)}
+    results["cluster_start"]["load_before"] = load
+    merge, finalize = Step("merge"), Step("aggregation")
+    IndexWriter.finalize = finalize.wrap(_unwrapped(IndexWriter.finalize))
+    sizes: list[int] = []
+    merge_shard = sharding.merge_shard
+
+    def merged(writer, sae_id, shard):
+        sizes.append(shard.path.stat().st_size)
+        return merge_shard(writer, sae_id, shard)
+
+    sharding.merge_shard = merge.wrap(merged)
+    try:
+        side = run(job, model, f"Ray, {workers} workers")
+    finally:
+        ray.shutdown()
+        sharding.merge_shard = merge_shard
+    side |= {"merge": merge.report(), "aggregation": finalize.report()}
+    return side | {
+        "shard_file_bytes": sum(sizes),
+        "shard_bytes_per_token": round(sum(sizes) / side["tokens"], 1),
+    }
+
+
+def compare(got: Path, expected: Path) -> dict:
+    """Every table of both indexes, streamed in canonical order (tests/test_ray.py's check)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.test_ray import assert_same_files
+
+    base = reset_peak()
+    started = time.perf_counter()
+    rows = assert_same_files(got, expected)
+    return {
+        "identical_tables": True,
+        "rows_compared": rows,
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_added_mb": round(rss_mb("VmHWM") - base, 1),
+    }
+
+
+def _unwrapped(fn):
+    return getattr(fn, "__wrapped__", fn)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--sae", default="default")
@@ -142,61 +233,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    keep_freed_memory()
-    cfg = IndexConfig(max_tokens=args.tokens)
-    model = load_model(args.model, None, None, False)
-    results: dict = {"tokens_asked": args.tokens, "workers": args.workers, "shards": args.shards}
-
-    finalize = Step("aggregation")
-    IndexWriter.finalize = finalize.wrap(IndexWriter.finalize)
-    with tempfile.TemporaryDirectory(dir=args.out.parent if args.out else None) as tmp:
-        single_db = Path(tmp) / "single.duckdb"
-        single = IndexJob(args.model, args.sae, args.corpus, single_db, "s", config=cfg)
-        results["single"] = run(single, model, "single process") | {
-            "aggregation": finalize.report()
-        }
-        _save(results, args.out)
-
-        import ray
-
-        load = os.getloadavg()
-        started = time.perf_counter()
-        sharding.start_local_cluster(ray, args.workers)
-        results["cluster_start"] = {"seconds": round(time.perf_counter() - started, 1)}
-        results["cluster_start"]["load_before"] = load
-        merge, finalize = Step("merge"), Step("aggregation")
-        IndexWriter.finalize = finalize.wrap(IndexWriter.finalize.__wrapped__)
-        sizes: list[int] = []
-        merge_shard = sharding.merge_shard
-
-        def merged(writer, sae_id, shard):
-            sizes.append(shard.path.stat().st_size)
-            return merge_shard(writer, sae_id, shard)
-
-        sharding.merge_shard = merge.wrap(merged)
-        try:
-            ray_cfg = RayConfig(shards=args.shards)
-            sharded = dataclasses.replace(single, db=Path(tmp) / "ray.duckdb", ray=ray_cfg)
-            results["ray"] = run(sharded, model, f"Ray, {args.workers} workers") | {
-                "merge": merge.report(),
-                "aggregation": finalize.report(),
-                "shard_file_bytes": sum(sizes),
-            }
-        finally:
-            ray.shutdown()
-        results["ray"]["shard_bytes_per_token"] = round(
-            results["ray"]["shard_file_bytes"] / results["ray"]["tokens"], 1
-        )
-        results["overhead"] = round(results["ray"]["wall_s"] / results["single"]["wall_s"], 3)
-        _save(results, args.out)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.test_ray import assert_same_index, dump
-
-        assert_same_index(dump(sharded.db), dump(single.db))
-        results["identical_tables"] = True
-    _save(results, args.out)
+    parser.add_argument(
+        "--sides", type=lambda s: s.split(","), default=["single", "ray"],
+        help="which sides to run now, comma-separated (single,ray); with --keep, a side run "
+        "earlier is compared with one run now",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep", type=Path,
+        help="keep both indexes in this folder (single.duckdb, ray.duckdb) instead of a "
+        "temporary one",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, help="JSON results (updated in place if it exists)")
+    return parser.parse_args()
 
 
 def _save(results: dict, out: Path | None) -> None:

@@ -29,6 +29,7 @@ DEFAULT_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-res6"
 SHIPPED_SAES = {
     DEFAULT_SAE: DEFAULT_SAE_DIR,
     "default-1152": DEFAULT_SAE_DIR.parent / "smollm2-135m-res6-1152",
+    "default-9216": DEFAULT_SAE_DIR.parent / "smollm2-135m-res6-9216",
 }
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.")
 # Hooks whose activations are not d_model-wide residual-stream vectors: attention's per-head

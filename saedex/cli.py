@@ -401,8 +401,8 @@ def demo(
     from saedex import demo as demo_job
 
     info, site_dir = demo_job.prepare(cfg, console, progress=not quiet)
-    console.rule("steering: one feature turned up")
-    demo_job.steering_example(cfg.db, info, console)
+    with demo_job.step(console, "steering: one feature turned up"):
+        demo_job.steering_example(cfg.db, info, console)
     if serve:
         demo_job.serve(cfg, info, site_dir, console)
     else:

@@ -6,6 +6,8 @@ index (or a partial one, resumed), and a built site whose pages did not change.
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from saedex.config import (
 )
 from saedex.data import SaeInfo
 
-DEMO_TOKENS = 300_000
+DEMO_TOKENS = 150_000  # with 3 widths matched and a site of all three, keeps `make demo` < 15 min
 EXPLAIN_SECONDS = 120.0  # the demo explains as many features as fit in this (2 CPU cores)
 
 
@@ -53,20 +55,30 @@ def prepare(cfg: DemoConfig, console: Console, progress: bool = True) -> tuple[S
     from saedex.site.export import SiteJob, export_site
 
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    console.rule("1/4 default corpus")
-    console.print(f"corpus: {default_corpus_path()}")
-    console.rule("2/4 index: default model x every shipped width, one pass; then matched")
-    info, widths = index_widths(cfg, console, progress)
-    console.rule("3/4 explanations: the embedded model, about two minutes")
-    explain_some(cfg, info, console, progress)
-    console.rule("4/4 static site")
-    result = export_site(SiteJob(cfg.db, widths, cfg.site_project), progress=progress)
-    site_dir = cfg.site_project / "site"
-    if result.written or not (site_dir / "index.html").is_file():
-        site_dir = build_site(cfg.site_project, SiteConfig().workers, progress)
-    else:
-        console.print("site unchanged: reusing the last build")
+    with step(console, "1/4 default corpus"):
+        console.print(f"corpus: {default_corpus_path()}")
+    with step(console, "2/4 index: default model x every shipped width, one pass; then matched"):
+        info, widths = index_widths(cfg, console, progress)
+    with step(console, "3/4 explanations: the embedded model, about two minutes"):
+        explain_some(cfg, info, console, progress)
+    with step(console, "4/4 static site"):
+        result = export_site(SiteJob(cfg.db, widths, cfg.site_project), progress=progress)
+        site_dir = cfg.site_project / "site"
+        if result.written or not (site_dir / "index.html").is_file():
+            site_dir = build_site(cfg.site_project, SiteConfig().workers, progress)
+        else:
+            console.print("site unchanged: reusing the last build")
     return info, site_dir
+
+
+@contextmanager
+def step(console: Console, title: str):
+    """A titled step that says how long it took: the demo's time budget is read off these."""
+    console.rule(title)
+    started = time.perf_counter()
+    yield
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    console.print(f"[dim]{title.split(':')[0]}: {minutes} min {seconds:02d} s[/]", highlight=False)
 
 
 # -- widths (issue 17): every shipped width of the default SAE, indexed in one pass, matched --

@@ -172,3 +172,28 @@ def test_explanations_and_their_filter_equal_the_reader(remote, reader, client_d
         page = remote.list_features(SAE, limit=100, has_explanation=explained)
         assert page == reader.list_features(SAE, limit=100, has_explanation=explained)
     assert [s.index for s in remote.list_features(SAE, has_explanation=True).items] == [2, 6]
+
+
+def test_every_client_method_takes_the_readers_parameters():
+    """Client mirrors IndexReader's read methods: the same names, kinds and defaults, so code
+    written against one runs on the other, and a parameter added to the reader but not to the
+    client fails here. The client may add keyword-only options of the server's (document
+    windows can run the model live there)."""
+    import inspect
+
+    from saedex.client import Client
+
+    mirrored = [
+        name for name, fn in vars(Client).items()
+        if callable(fn) and not name.startswith("_") and hasattr(IndexReader, name)
+    ]  # fmt: skip
+    assert {"list_features", "feature", "search_features"} <= set(mirrored)
+    for name in mirrored:
+
+        def params(cls, name=name):
+            sig = inspect.signature(getattr(cls, name))
+            return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+        theirs, ours = params(IndexReader), params(Client)
+        assert ours[: len(theirs)] == theirs, name
+        assert all(kind is inspect.Parameter.KEYWORD_ONLY for _, kind, _ in ours[len(theirs) :])

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 from typer.testing import CliRunner
 
@@ -23,11 +24,12 @@ from saedex.config import IndexConfig, RayConfig
 from saedex.errors import SaedexError
 from saedex.indexer.indexing import IndexJob, run_index
 from saedex.indexer.sharding import shard_dir, shard_ranges, start_local_cluster
+from saedex.store import bulk
 from saedex.store.merge import Shard, create_shard, is_complete, merge_shard
 from saedex.store.schema import RUN_TABLES
 from saedex.store.views import connect
 from saedex.store.writer import IndexWriter
-from tests.conftest import build_tiny_sae, make_corpus_docs
+from tests.conftest import build_tiny_sae, copy_index, make_corpus_docs, run_file
 
 TIMING = {"started_at", "finished_at", "duration_s"}
 NOT_INDEXED = {"coactivations"}  # run tables that later commands fill, not `saedex index`
@@ -105,7 +107,7 @@ def inputs(tiny_model, tmp_path_factory):
     corpus = _corpus(tmp, 40)
     ref = tmp / "reference.duckdb"
     run_index(IndexJob(str(tiny_model), str(sae), str(corpus), ref, "s", config=CONFIG), False)
-    return tiny_model, sae, corpus, dump(ref)
+    return tiny_model, sae, corpus, dump(ref), ref
 
 
 @pytest.mark.integration
@@ -113,7 +115,7 @@ def test_a_killed_driver_resumes_from_the_finished_shards(inputs, tmp_path):
     """SIGKILL `saedex index --ray local` once a shard is finished: its cluster goes with it,
     and the same command finishes the index without redoing that shard (made read-only, it
     could not be reopened for writing) into the single-process index."""
-    model, sae, corpus, expected = inputs
+    model, sae, corpus, expected, _ = inputs
     db = tmp_path / "index.duckdb"
     cmd = [
         sys.executable, "-m", "saedex.cli", "index", "--model", str(model), "--sae", str(sae),
@@ -137,6 +139,21 @@ def test_a_killed_driver_resumes_from_the_finished_shards(inputs, tmp_path):
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert_same_index(dump(db), expected)
+
+
+def test_the_streaming_comparison_finds_a_changed_value(inputs, tmp_path):
+    """The bench's comparison can fail: one statistic off by 1e-4 relative is caught."""
+    *_, ref = inputs
+    db = copy_index(ref, tmp_path / "copy.duckdb")
+    assert assert_same_files(db, ref)["features"] > 0
+    path = bulk.folder(run_file(db, "s")) / "features.parquet"  # a compacted run's table
+    changed = "CASE WHEN feature = 0 THEN max_activation * 1.0001 ELSE max_activation END"
+    duckdb.sql(f"SELECT * REPLACE ({changed} AS max_activation) FROM '{path}'").write_parquet(
+        str(path.with_suffix(".new"))
+    )
+    path.with_suffix(".new").replace(path)
+    with pytest.raises(AssertionError, match="intervals|features"):  # views derive from it
+        assert_same_files(db, ref)
 
 
 def _kill_once_a_shard_is_finished(driver, runs: Path, timeout: float = 900) -> set[int]:
@@ -193,20 +210,22 @@ def _zombie(pid: int) -> bool:
 
 @pytest.mark.integration
 def test_sharded_index_equals_the_single_process_index(cluster, inputs, tmp_path):
-    model, sae, corpus, expected = inputs
+    model, sae, corpus, expected, ref = inputs
     db = tmp_path / "index.duckdb"
     job = IndexJob(
         str(model), str(sae), str(corpus), db, "s", config=CONFIG, ray=RayConfig(shards=3)
     )
     info = run_index(job, False)
     assert_same_index(dump(db), expected)
+    counts = assert_same_files(db, ref, batch=7)  # the bench's streaming comparison agrees
+    assert counts == {t: len(rows) for t, (_, rows) in expected.items()}
     assert info.n_contexts > 3 * CONFIG.batch_size  # three shards, of several batches each
     assert not shard_dir(_run_file(db)).exists()  # shard files are gone once merged
 
 
 @pytest.mark.integration
 def test_a_worker_killed_mid_shard_is_retried_and_the_index_is_the_same(cluster, inputs, tmp_path):
-    model, sae, corpus, expected = inputs
+    model, sae, corpus, expected, _ = inputs
     db = tmp_path / "index.duckdb"
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_a_worker, args=(Path(str(db) + ".runs"), killed))
@@ -266,16 +285,21 @@ def _run_file(db: Path) -> Path:
     return next(Path(str(db) + ".runs").glob("s-*.duckdb"))
 
 
+def _columns(con, table: str) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] not in TIMING]
+
+
+def _ordered(con, table: str, cols) -> str:
+    return f"SELECT {', '.join(c for c, _ in cols)} FROM {table} ORDER BY ALL"
+
+
 def dump(db: Path) -> dict[str, tuple[list[str], list]]:
     """Every run table as readers see it (columns, rows in canonical order), timing aside."""
     con = connect(db)
     out = {}
     for table in RUN_TABLES:
-        described = con.execute(f"DESCRIBE {table}").fetchall()
-        cols = [(r[0], r[1]) for r in described if r[0] not in TIMING]
-        names = ", ".join(c for c, _ in cols)
-        rows = con.execute(f"SELECT {names} FROM {table} ORDER BY ALL").fetchall()
-        out[table] = (cols, rows)
+        cols = _columns(con, table)
+        out[table] = (cols, con.execute(_ordered(con, table, cols)).fetchall())
     con.close()
     return out
 
@@ -287,9 +311,37 @@ def assert_same_index(got: dict, expected: dict) -> None:
         assert got[table][0] == cols, table
         assert len(got[table][1]) == len(rows), table
         assert rows or table in NOT_INDEXED, f"{table} is empty: the comparison proves nothing"
-        for g, e in zip(got[table][1], rows, strict=True):
-            for (name, kind), a, b in zip(cols, g, e, strict=True):
-                assert _close(a, b, kind), (table, name, a, b)
+        _assert_same_rows(table, cols, got[table][1], rows)
+
+
+def assert_same_files(got_db: Path, expected_db: Path, batch: int = 50_000) -> dict[str, int]:
+    """`assert_same_index` for indexes too big to hold in memory twice (the bench's millions
+    of tokens): both sides stream in canonical order, `batch` rows at a time, and DuckDB sorts
+    out of core. Returns the rows compared per table."""
+    got, expected, counts = connect(got_db), connect(expected_db), {}
+    try:
+        for table in RUN_TABLES:
+            cols = _columns(expected, table)
+            assert _columns(got, table) == cols, table
+            a = got.execute(_ordered(got, table, cols))
+            b = expected.execute(_ordered(expected, table, cols))
+            counts[table] = 0
+            while rows := b.fetchmany(batch):
+                _assert_same_rows(table, cols, a.fetchmany(batch), rows)
+                counts[table] += len(rows)
+            assert not a.fetchmany(1), f"{table}: more rows than expected"
+            assert counts[table] or table in NOT_INDEXED, f"{table} is empty: proves nothing"
+    finally:
+        got.close()
+        expected.close()
+    return counts
+
+
+def _assert_same_rows(table: str, cols, got: list, expected: list) -> None:
+    assert len(got) == len(expected), table
+    for g, e in zip(got, expected, strict=True):
+        for (name, kind), a, b in zip(cols, g, e, strict=True):
+            assert _close(a, b, kind), (table, name, a, b)
 
 
 def _close(a, b, kind: str) -> bool:
