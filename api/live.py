@@ -67,7 +67,8 @@ class LiveModels:
     def steer_forward(self, model: LoadedModel, hook_name: str, weights: str):
         """What a steering generation runs on: the bridge (float32), or the model's quantized
         copy (built on first use, a few seconds; a hook it cannot map is a BadInput)."""
-        from saedex.indexer.steering import BridgeForward, QuantizedModel
+        from saedex.indexer.quantized import QuantizedModel
+        from saedex.indexer.steering import BridgeForward
 
         if weights == "float32":
             return BridgeForward(model, hook_name)

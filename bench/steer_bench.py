@@ -65,7 +65,7 @@ def cached_run(model, sae, ids, req, forward=None) -> None:
 
 def quantized_runs(model, sae, weights: str) -> dict:
     """A quantized mode's full request, and its plain decode loop without hook or shifts."""
-    from saedex.indexer.steering import QuantizedModel
+    from saedex.indexer.quantized import QuantizedModel
 
     forward = QuantizedModel(model, weights).forward(sae.cfg.hook_name)
 

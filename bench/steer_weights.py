@@ -97,8 +97,9 @@ def main(argv=None) -> None:
     from steer_study import PROMPTS, pick_features  # bench/, the script's folder
 
     from saedex.indexer.model import load_model
+    from saedex.indexer.quantized import QuantizedModel
     from saedex.indexer.sae import load_sae, resolve_sae
-    from saedex.indexer.steering import QuantizedModel, prompt_ids
+    from saedex.indexer.steering import prompt_ids
     from saedex.store import IndexReader
 
     load = os.getloadavg()

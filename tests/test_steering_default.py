@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from saedex.indexer.model import forward_to_hook, load_model
+from saedex.indexer.quantized import QuantizedModel
 from saedex.indexer.sae import DEFAULT_SAE_DIR, load_sae
-from saedex.indexer.steering import Intervention, PairGeneration, QuantizedModel, prompt_ids
+from saedex.indexer.steering import Intervention, PairGeneration, prompt_ids
 from saedex.steering import FeatureEdit, SteerRequest
 from tests.test_steering_quantized import at_hook, features_at_hook
 

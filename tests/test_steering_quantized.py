@@ -10,16 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from saedex.errors import SaedexError
 from saedex.indexer.model import load_model
+from saedex.indexer.quantized import HookSite, PlainForward, QuantizedModel, hook_site
 from saedex.indexer.sae import load_sae
-from saedex.indexer.steering import (
-    HookSite,
-    Intervention,
-    PairGeneration,
-    PlainForward,
-    QuantizedModel,
-    hook_site,
-    prompt_ids,
-)
+from saedex.indexer.steering import Intervention, PairGeneration, prompt_ids
 from saedex.steering import FeatureEdit, SteerRequest
 from tests.conftest import build_tiny_sae
 from tests.test_steering import PROMPT, own_values
