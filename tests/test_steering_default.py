@@ -10,7 +10,7 @@ from saedex.indexer.quantized import QuantizedModel
 from saedex.indexer.sae import DEFAULT_SAE_DIR, load_sae
 from saedex.indexer.steering import Intervention, PairGeneration, prompt_ids
 from saedex.steering import FeatureEdit, SteerRequest
-from tests.test_steering_quantized import at_hook, features_at_hook
+from tests.test_steering_quantized import assert_same_completion, at_hook, features_at_hook
 
 pytestmark = [
     pytest.mark.integration,
@@ -80,11 +80,12 @@ def test_quantized_weights_keep_the_exactness_within_their_mode(default, weights
     model, sae = default
     forward = QuantizedModel(model, weights).forward(sae.cfg.hook_name)
     base = generate(model, sae, SteerRequest(PROMPT, (FeatureEdit(5, 0.0),), "add", 8), forward)
-    assert base.completion(0) == base.completion(1) and base.forward.weights == weights
+    assert_same_completion(base.completion(0), base.completion(1))
+    assert base.forward.weights == weights
     seen = features_at_hook(forward, sae, base.prompt + base.completion(0)[0])
     inactive = int((seen == 0).nonzero()[0])
     req = SteerRequest(PROMPT, (FeatureEdit(inactive),), "ablate", 8)
-    assert generate(model, sae, req, forward).completion(1) == base.completion(0)
+    assert_same_completion(generate(model, sae, req, forward).completion(1), base.completion(0))
     ids = prompt_ids(model, "Paris", True, False)[:2]
     with torch.inference_mode():
         own = sae.encode(at_hook(forward, ids)[0, 1])

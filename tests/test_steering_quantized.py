@@ -76,12 +76,21 @@ def test_the_plain_model_edited_at_the_site_is_the_bridge_edited_at_the_hook(tin
         assert [s.token_id for s in a[0]] == [s.token_id for s in b[0]]
 
 
+def assert_same_completion(a, b) -> None:
+    """Identical tokens; log-probs equal but for the last bits: float16 weights run fbgemm's
+    fp16 GEMM, which can round a row differently by its place in the batch (1e-6 seen with 2
+    threads); int8's integer GEMM is exact."""
+    assert a[0] == b[0]
+    torch.testing.assert_close(torch.tensor(a[1]), torch.tensor(b[1]), rtol=1e-5, atol=1e-5)
+
+
 def test_quantized_strength_zero_is_exactly_its_unsteered_model(tiny, quantized):
     model, sae = tiny
     req = SteerRequest(PROMPT, (FeatureEdit(3, 0.0), FeatureEdit(7, 0.0)), "add", 12)
     gen = generate(model, sae, req, quantized.forward(sae.cfg.hook_name))
     assert gen.forward.weights == quantized.weights
-    assert gen.completion(0) == gen.completion(1) and len(gen.completion(0)[0]) == 12
+    assert_same_completion(gen.completion(0), gen.completion(1))
+    assert len(gen.completion(0)[0]) == 12
     bridge = generate(model, sae, req, None)
     assert bridge.forward.weights == "float32"
     assert gen.completion(0)[1] != bridge.completion(0)[1]  # another model
@@ -98,7 +107,8 @@ def test_quantized_ablating_an_inactive_feature_is_exactly_its_unsteered_model(
     inactive, active = int((seen == 0).nonzero()[0]), int(seen.argmax())
     req = SteerRequest(PROMPT, (FeatureEdit(inactive),), "ablate", 12)
     gen = generate(model, wide, req, forward)
-    assert gen.completion(1) == base.completion(0) == gen.completion(0)
+    assert_same_completion(gen.completion(1), base.completion(0))
+    assert_same_completion(gen.completion(0), base.completion(0))
     strong = generate(
         model, wide, SteerRequest(PROMPT, (FeatureEdit(active),), "ablate", 12), forward
     )
