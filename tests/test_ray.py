@@ -289,7 +289,7 @@ def _columns(con, table: str) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] not in TIMING]
 
 
-def _ordered(con, table: str, cols) -> str:
+def _ordered(table: str, cols) -> str:
     return f"SELECT {', '.join(c for c, _ in cols)} FROM {table} ORDER BY ALL"
 
 
@@ -299,7 +299,7 @@ def dump(db: Path) -> dict[str, tuple[list[str], list]]:
     out = {}
     for table in RUN_TABLES:
         cols = _columns(con, table)
-        out[table] = (cols, con.execute(_ordered(con, table, cols)).fetchall())
+        out[table] = (cols, con.execute(_ordered(table, cols)).fetchall())
     con.close()
     return out
 
@@ -323,8 +323,8 @@ def assert_same_files(got_db: Path, expected_db: Path, batch: int = 50_000) -> d
         for table in RUN_TABLES:
             cols = _columns(expected, table)
             assert _columns(got, table) == cols, table
-            a = got.execute(_ordered(got, table, cols))
-            b = expected.execute(_ordered(expected, table, cols))
+            a = got.execute(_ordered(table, cols))
+            b = expected.execute(_ordered(table, cols))
             counts[table] = 0
             while rows := b.fetchmany(batch):
                 _assert_same_rows(table, cols, a.fetchmany(batch), rows)
