@@ -116,7 +116,7 @@ def run_indexes(
         try:
             with contextlib.ExitStack() as stack:
                 for t in todo:
-                    t.writer = stack.enter_context(IndexWriter(t.where))
+                    t.writer = stack.enter_context(IndexWriter(t.where, t.job.config.memory_limit))
                 _run(todo, model, progress)
         except SaedexError:
             for t in todo:
@@ -125,7 +125,7 @@ def run_indexes(
             raise
     for t in targets:
         if t.where is not None and t.where == catalog.pending(t.sae_id):
-            compact(t.where)  # complete: compacted once, then immutable
+            compact(t.where, t.job.config.memory_limit)  # complete: then immutable
             catalog.publish(t.sae_id)
     with IndexReader(job.db) as reader:
         return [reader.sae(sae_id) for sae_id in ids]

@@ -253,7 +253,7 @@ def index_shard(task: ShardTask) -> int:
 
     torch.set_num_threads(task.threads)
     model, sae = _load(task)
-    with IndexWriter(task.shard.path) as writer:
+    with IndexWriter(task.shard.path, task.config.memory_limit) as writer:
         state = writer.run_state(task.sae_id)
         if state.status != STATUS_COMPLETE:
             pass_one(writer, model, sae, task.sae_id, task.config, state, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,15 @@ def validate(config: Any) -> None:
 # What steering generation runs on (saedex.indexer.steering: BridgeForward, QuantizedModel).
 STEER_WEIGHTS = ("float32", "float16", "int8")
 
+# A DuckDB memory size (IndexConfig.memory_limit): digits and a unit DuckDB reads.
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
 # How an index may store activation values (saedex.store.precision).
 VALUE_PRECISIONS = ("float32", "bfloat16")
+
+
+# IndexConfig fields left out of the stored settings (IndexConfig.to_dict).
+NOT_STORED = ("memory_limit",)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,12 @@ class IndexConfig:
         "Seconds between commits during the pass (a kill loses at most this much work).",
         min=0,
         flag="commit-interval",
+    )
+    memory_limit: str | None = setting(
+        None,
+        "DuckDB's memory limit while indexing (pass, shard merge, aggregation, compaction), "
+        "e.g. 4GB; past it DuckDB spills to disk beside the index. Default: DuckDB's own, 80% "
+        "of RAM.",
     )
     top_k: int = setting(20, "Top examples kept per feature.", min=1)
     n_intervals: int = setting(10, "Equal-width activation intervals per feature.", min=1)
@@ -121,9 +135,15 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.memory_limit is not None and not _MEMORY.fullmatch(self.memory_limit):
+            raise ConfigError(
+                "memory_limit", f"must be a size such as 512MB or 4GB, got {self.memory_limit!r}"
+            )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings stored with a run: all but memory_limit, which bounds how the run
+        computes, not what (a resume may change it)."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_STORED}
 
     def differs_from(self, stored: dict) -> list[str]:
         """Names of the settings that differ from a stored run's (ignoring ones safe to change;

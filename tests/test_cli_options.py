@@ -138,6 +138,7 @@ def test_explain_and_score_options_reach_the_config(monkeypatch, command, target
     [
         (("index", "--db", "x", "--context-size", "40000"), "--context-size"),
         (("index", "--db", "x", "--hist-bins", "0"), "--hist-bins"),
+        (("index", "--db", "x", "--memory-limit", "lots"), "--memory-limit"),
         (("train-sae", "--out", "x", "--hook", "h", "--architecture", "gated"), "--architecture"),
         (("explain", "--db", "x", "--sae", "s", "--batch-size", "0"), "--batch-size"),
         (("score", "--db", "x", "--sae", "s", "--n-activating", "0"), "--n-activating"),
@@ -151,6 +152,9 @@ def test_bad_values_are_one_clear_error(args, fragment):
 def test_configs_validate_however_they_are_built():
     with pytest.raises(ConfigError, match="context_size must be at most 32767"):
         IndexConfig(context_size=40_000)
+    with pytest.raises(ConfigError, match="memory_limit must be a size such as"):
+        IndexConfig(memory_limit="4 gigs")
+    assert IndexConfig(memory_limit="1.5GB").memory_limit == "1.5GB"
     with pytest.raises(ConfigError, match="architecture must be one of"):
         TrainConfig(architecture="gated")
     with pytest.raises(ConfigError, match="max_page_size must be at least 1"):

@@ -91,3 +91,19 @@ def test_rerun_of_complete_index_changes_nothing(setup, tmp_path):
     model, sae, corpus, ref_db, expected = setup
     subprocess.run(index_cmd(model, sae, corpus, ref_db), check=True)
     assert dump(ref_db) == expected
+
+
+
+def test_a_memory_limit_reaches_duckdb_and_changes_nothing_stored(setup, tmp_path):
+    """--memory-limit bounds DuckDB while indexing: too small a limit stops the run with one
+    line saying so, the run left to resume; a workable one gives the reference index, stored
+    settings included (the limit is not stored: it bounds how, not what)."""
+    model, sae, corpus, _, expected = setup
+    db = tmp_path / "capped.duckdb"
+    cmd = index_cmd(model, sae, corpus, db)
+    starved = subprocess.run([*cmd, "--memory-limit", "1MB"], capture_output=True, text=True)
+    lines = (starved.stdout + starved.stderr).strip().splitlines()
+    assert starved.returncode == 2 and len(lines) == 1, lines
+    assert "ran out of DuckDB memory" in lines[0] and "--memory-limit" in lines[0]
+    subprocess.run([*cmd, "--memory-limit", "256MB"], check=True)
+    assert dump(db) == expected

@@ -125,6 +125,11 @@ def _explain(message: str) -> str:
     if "Could not read enough bytes" in message:
         return f"is truncated (DuckDB read past its end): {_REINDEX}"
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    if "Out of Memory Error" in message:
+        return (
+            f"ran out of DuckDB memory ({first.removeprefix('Out of Memory Error: ')}): raise "
+            "--memory-limit or free memory, then run the same command again (a run resumes)"
+        )
     return f"cannot be opened ({first}): is it an index written by `saedex index`?"
 
 

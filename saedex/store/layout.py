@@ -70,19 +70,25 @@ def locate_run(db: Path, sae_id: str) -> tuple[Path | None, RunState | None]:
     return (db, state) if state is not None else (None, None)
 
 
-def compact(path: Path) -> None:
+def compact(path: Path, memory_limit: str | None = None) -> None:
     """Rewrite a finished run once, for good: its bulk tables as Parquet files beside it
     (saedex/store/bulk.py), the run file itself kept small (its `saes` row, its model's
     vocabulary, empty bulk tables, `meta.bulk = parquet`; 16 KiB blocks). A file with no bulk
     rows (a derived file) is only rewritten, with no free blocks left. The Parquet folder
     is complete before the new run file is renamed over the old one: a kill leaves the
-    complete run as it was, and the next run of the command compacts and publishes it."""
+    complete run as it was, and the next run of the command compacts and publishes it.
+    `memory_limit` (IndexConfig.memory_limit) bounds DuckDB's memory: past it, sorting the
+    activations feature-major spills to a folder beside the run file (not the working
+    directory, an in-memory connection's default)."""
     tmp = path.with_name(path.name + ".compact")
     for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
         stale.unlink(missing_ok=True)
     con = duckdb.connect()
     try:
         con.execute("SET enable_progress_bar = false")  # the indexer shows its own progress
+        con.execute(f"SET temp_directory = '{_quote(path.with_name(path.name + '.tmp'))}'")
+        if memory_limit is not None:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"ATTACH '{_quote(path)}' AS src (READ_ONLY)")
         if bulk.is_parquet(con, "src."):
             return  # compacted already (killed before the catalog published it)

@@ -65,9 +65,13 @@ def run_state(con: duckdb.DuckDBPyConnection, sae_id: str) -> RunState | None:
 class IndexWriter:
     """Owns the read-write connection while a run writes into the index file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, memory_limit: str | None = None):
+        """`memory_limit` (IndexConfig.memory_limit) bounds DuckDB's memory on this connection;
+        past it DuckDB spills to a temporary folder beside the file."""
         self.con = open_db(path)
         try:
+            if memory_limit is not None:
+                self.con.execute(f"SET memory_limit = '{memory_limit}'")
             ensure_schema(self.con, path)
         except BaseException:
             self.con.close()  # else the file stays locked for the rest of the process
