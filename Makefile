@@ -16,7 +16,7 @@ demo: setup
 
 # The whole suite, the integration tests on the real default model included (what CI runs).
 test: setup
-	$(PY) -m pytest -m "integration or not integration"
+	$(PY) -m pytest -m "integration or not integration" --durations=25
 
 # The fast tests only (tiny random model).
 test-fast: setup
