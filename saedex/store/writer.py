@@ -149,17 +149,31 @@ class IndexWriter:
 
     # -- the pass ------------------------------------------------------------------------------
 
-    def batches(self, sae_id: str, start: int, batch_size: int) -> Iterator[Batch]:
-        """Yield the run's contexts from `start` on, `batch_size` at a time."""
-        cur = self.con.cursor()
-        cur.execute(
-            "SELECT context_id, token_ids FROM contexts WHERE sae_id = ? AND context_id >= ? "
-            "ORDER BY context_id",
-            [sae_id, start],
-        )
-        while rows := cur.fetchmany(batch_size):
-            yield Batch([r[0] for r in rows], [r[1] for r in rows])
-        cur.close()
+    def batches(
+        self, sae_id: str, start: int, batch_size: int, per_read: int = 64
+    ) -> Iterator[Batch]:
+        """Yield the run's contexts from `start` on, `batch_size` at a time.
+
+        They are read `per_read` batches per query (a range of context ids, which are
+        contiguous and stored in order), each query finished before its batches are used.
+        One query streamed over the whole pass would keep a transaction open across the pass's
+        commits, and DuckDB does not checkpoint a commit holding an update (the progress row)
+        while another transaction is open: the WAL and DuckDB's memory then grew with every
+        token (a WAL of 437 MB and 5.6 GB of RSS two thirds through a 3M-token run).
+        """
+        last = self.con.execute(
+            "SELECT max(context_id) FROM contexts WHERE sae_id = ?", [sae_id]
+        ).fetchone()[0]
+        step = batch_size * per_read
+        for low in range(start, -1 if last is None else last + 1, step):
+            rows = self.con.execute(
+                "SELECT context_id, token_ids FROM contexts WHERE sae_id = ? "
+                "AND context_id >= ? AND context_id < ? ORDER BY context_id",
+                [sae_id, low, low + step],
+            ).fetchall()
+            for i in range(0, len(rows), batch_size):
+                part = rows[i : i + batch_size]
+                yield Batch([r[0] for r in part], [r[1] for r in part])
 
     def remaining_tokens(self, sae_id: str, start: int) -> int:
         return self.con.execute(
