@@ -57,7 +57,8 @@ def test_cofiring_equals_brute_force(con):
     assert all(dense[i, i] == n_active[i] for i in n_active)
 
 
-def test_top_n_ranking_equals_brute_force(con):
+@pytest.mark.parametrize("contexts_per_part", [1, 3, 2048])  # summed over parts, or one
+def test_top_n_ranking_equals_brute_force(con, contexts_per_part):
     rows = con.execute(
         "SELECT context_id, position, feature FROM activations WHERE sae_id = ?", [API_SAE]
     ).fetchall()
@@ -75,7 +76,7 @@ def test_top_n_ranking_equals_brute_force(con):
             [API_SAE, API_SAE],
         ).fetchone()[0]
     )
-    table = compute(con, API_SAE, first=5).to_pylist()
+    table = compute(con, API_SAE, first=5, contexts_per_part=contexts_per_part).to_pylist()
     got: dict[int, list[dict]] = defaultdict(list)
     for row in table:
         got[row["feature"]].append(row)
