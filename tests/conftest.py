@@ -73,6 +73,13 @@ def make_corpus_docs(n_docs: int = 24, seed: int = 0) -> list[dict]:
     return docs
 
 
+def one_document_contexts(n_contexts: int, size: int, sae_id: str = "s") -> Iterator[dict]:
+    """Planned `contexts` rows of one document (for IndexWriter.write_plan in store tests)."""
+    for c in range(n_contexts):
+        yield {"sae_id": sae_id, "context_id": c, "doc_index": 0, "token_start": c * size,
+               "token_ids": list(range(size))}  # fmt: skip
+
+
 def build_tiny_model(path: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast

@@ -15,6 +15,7 @@ import pytest
 
 from saedex.config import IndexConfig
 from saedex.store import IndexReader, IndexWriter
+from tests.conftest import one_document_contexts
 
 N_CTX, CTX, D_SAE = 120, 16, 10
 CFG = IndexConfig(context_size=CTX, top_k=5, n_intervals=4, examples_per_interval=3)
@@ -53,11 +54,7 @@ def aggregated(tmp_path_factory):
         "hook_layer": 0, "architecture": "standard", "d_in": 4, "d_sae": D_SAE,
         "context_size": CTX, "prepend_bos": True, "settings": CFG.to_dict(),
     }  # fmt: skip
-    contexts = (
-        {"sae_id": "s", "context_id": c, "doc_index": 0, "token_start": c * CTX,
-         "token_ids": list(range(CTX))}
-        for c in range(N_CTX)
-    )  # fmt: skip
+    contexts = one_document_contexts(N_CTX, CTX)
     documents = [{"sae_id": "s", "doc_index": 0, "doc_id": "d", "n_tokens": N_CTX * CTX}]
     features = pa.array(range(D_SAE), pa.int32())
     logit_hist = pa.table(

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from saedex.config import IndexConfig
 from saedex.store import IndexWriter
+from tests.conftest import one_document_contexts
 
 CTX, N_CTX, K = 16, 96, 8
 
@@ -35,11 +36,7 @@ def test_the_pass_is_checkpointed_between_commits(tmp_path):
         "architecture": "topk", "d_in": 4, "d_sae": 512, "context_size": CTX,
         "prepend_bos": False, "settings": IndexConfig().to_dict(),
     }  # fmt: skip
-    contexts = (
-        {"sae_id": "s", "context_id": c, "doc_index": 0, "token_start": c * CTX,
-         "token_ids": list(range(CTX))}
-        for c in range(N_CTX)
-    )  # fmt: skip
+    contexts = one_document_contexts(N_CTX, CTX)
     excluded = pa.table(
         {"context_id": pa.array([], pa.int32()), "position": pa.array([], pa.int16()),
          "norm_ratio": pa.array([], pa.float32())}

@@ -93,7 +93,6 @@ def test_rerun_of_complete_index_changes_nothing(setup, tmp_path):
     assert dump(ref_db) == expected
 
 
-
 def test_a_memory_limit_reaches_duckdb_and_changes_nothing_stored(setup, tmp_path):
     """--memory-limit bounds DuckDB while indexing: too small a limit stops the run with one
     line saying so, the run left to resume; a workable one gives the reference index, stored
