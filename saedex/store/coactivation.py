@@ -130,7 +130,10 @@ def compute(
     A^T A is a sum over tokens, so it is summed over parts of `contexts_per_part` contexts
     (a token never spans two): memory holds one part's activations and the d_sae x d_sae
     product, which grows with the features, not with the tokens (the whole run's activations
-    at once took ~70 B each: 6.6 GB at 3M tokens, k = 32)."""
+    at once took ~70 B each: +2.2 GB at 1M tokens, k = 32; bench/merge_bench.py). During
+    indexing the run's activations are in context order and each part reads its own blocks;
+    a compacted run's are feature-major (saedex.store.bulk), so there each part scans them
+    all."""
     row = con.execute(
         "SELECT d_sae, min(context_id), max(context_id) FROM saes LEFT JOIN contexts "
         "USING (sae_id) WHERE sae_id = ? GROUP BY d_sae",
