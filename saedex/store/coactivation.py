@@ -129,8 +129,9 @@ def compute(
 
     A^T A is a sum over tokens, so it is summed over parts of `contexts_per_part` contexts
     (a token never spans two): memory holds one part's activations and the d_sae x d_sae
-    product, which grows with the features, not with the tokens (the whole run's activations
-    at once took ~70 B each: +2.2 GB at 1M tokens, k = 32; bench/merge_bench.py). During
+    product, which grows with the features, not with the tokens (all the run's activations at
+    once: the aggregation of 1M synthetic tokens, k = 32, added 2.2 GB, against 1.5 GB by
+    parts; bench/merge_bench.py). During
     indexing the run's activations are in context order and each part reads its own blocks;
     a compacted run's are feature-major (saedex.store.bulk), so there each part scans them
     all."""
