@@ -131,10 +131,9 @@ def compute(
     (a token never spans two): memory holds one part's activations and the d_sae x d_sae
     product, which grows with the features, not with the tokens (all the run's activations at
     once: the aggregation of 1M synthetic tokens, k = 32, added 2.2 GB, against 1.5 GB by
-    parts; bench/merge_bench.py). During
-    indexing the run's activations are in context order and each part reads its own blocks;
-    a compacted run's are feature-major (saedex.store.bulk), so there each part scans them
-    all."""
+    parts; bench/merge_bench.py). During indexing the run's activations are in context
+    order and each part reads its own blocks; a compacted run's are feature-major
+    (saedex.store.bulk), so there each part scans them all."""
     row = con.execute(
         "SELECT d_sae, min(context_id), max(context_id) FROM saes LEFT JOIN contexts "
         "USING (sae_id) WHERE sae_id = ? GROUP BY d_sae",
