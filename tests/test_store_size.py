@@ -55,7 +55,7 @@ def uncompacted(inputs, tmp_path_factory):
     original = indexing.compact
     kept = tmp_path_factory.mktemp("kept") / "run.duckdb"
     try:
-        indexing.compact = lambda path: shutil.copy(path, kept)
+        indexing.compact = lambda path, memory_limit=None: shutil.copy(path, kept)
         index(inputs, "uncompacted")
     finally:
         indexing.compact = original
