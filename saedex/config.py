@@ -40,13 +40,17 @@ def setting(
     flag: str | None = None,
     default_text: str | None = None,
     factory: Any = None,
+    stored: bool = True,
 ) -> Any:
     """A config field with everything said about it in one place: its help text, its bounds
     (checked by `validate` and by the CLI), and the CLI option name where it differs from the
-    field's (`flag`, e.g. "bos" for prepend_bos)."""
+    field's (`flag`, e.g. "bos" for prepend_bos); `stored=False` for a setting that bounds how
+    a run computes, not what, left out of what is stored with it (`IndexConfig.to_dict`)."""
     metadata = {"help": help, "min": min, "max": max, "choices": choices}
     metadata |= {"flag": flag, "default_text": default_text}
     metadata = {k: v for k, v in metadata.items() if v is not None}
+    if not stored:
+        metadata["stored"] = False
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -78,10 +82,6 @@ _MEMORY = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORE
 VALUE_PRECISIONS = ("float32", "bfloat16")
 
 
-# IndexConfig fields left out of the stored settings (IndexConfig.to_dict).
-NOT_STORED = ("memory_limit",)
-
-
 @dataclass(frozen=True)
 class IndexConfig:
     """What one indexing run computes. Stored with the index; a resume must match it."""
@@ -103,6 +103,7 @@ class IndexConfig:
         "DuckDB's memory limit while indexing (pass, shard merge, aggregation, compaction), "
         "e.g. 4GB; past it DuckDB spills to disk beside the index. Default: DuckDB's own, 80% "
         "of RAM.",
+        stored=False,
     )
     top_k: int = setting(20, "Top examples kept per feature.", min=1)
     n_intervals: int = setting(10, "Equal-width activation intervals per feature.", min=1)
@@ -141,9 +142,9 @@ class IndexConfig:
             )
 
     def to_dict(self) -> dict:
-        """The settings stored with a run: all but memory_limit, which bounds how the run
-        computes, not what (a resume may change it)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_STORED}
+        """The settings stored with a run: all but those declared `stored=False`."""
+        kept = {f.name for f in fields(self) if f.metadata.get("stored", True)}
+        return {k: v for k, v in asdict(self).items() if k in kept}
 
     def differs_from(self, stored: dict) -> list[str]:
         """Names of the settings that differ from a stored run's (ignoring ones safe to change;

@@ -49,13 +49,18 @@ class SparseActivations:
         return sparse.csr_matrix((data, (rows, self.feature)), shape=(n_rows, self.d_sae))
 
 
-def sparse_activations(con: duckdb.DuckDBPyConnection, sae_id: str) -> SparseActivations:
-    """Every activation of a run, as arrays (the input of A^T A and of cross-SAE products)."""
+def sparse_activations(
+    con: duckdb.DuckDBPyConnection, sae_id: str, contexts: tuple[int, int] | None = None
+) -> SparseActivations:
+    """Every activation of a run, or of its contexts [start, end), as arrays (the input of
+    A^T A and of cross-SAE products)."""
     row = con.execute("SELECT d_sae FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
     if row is None:
         raise SaedexError(f"unknown SAE: {sae_id!r}")
+    within = "" if contexts is None else " AND context_id >= ? AND context_id < ?"
     acts = con.execute(
-        "SELECT context_id, position, feature, value FROM activations WHERE sae_id = ?", [sae_id]
+        "SELECT context_id, position, feature, value FROM activations WHERE sae_id = ?" + within,
+        [sae_id, *(contexts or ())],
     ).fetchnumpy()
     context = np.asarray(acts["context_id"], dtype=np.int64)
     position = np.asarray(acts["position"], dtype=np.int64)
@@ -134,6 +139,8 @@ def compute(
     parts; bench/merge_bench.py). During indexing the run's activations are in context
     order and each part reads its own blocks; a compacted run's are feature-major
     (saedex.store.bulk), so there each part scans them all."""
+    from scipy import sparse
+
     row = con.execute(
         "SELECT d_sae, min(context_id), max(context_id) FROM saes LEFT JOIN contexts "
         "USING (sae_id) WHERE sae_id = ? GROUP BY d_sae",
@@ -142,33 +149,12 @@ def compute(
     if row is None:
         raise SaedexError(f"unknown SAE: {sae_id!r}")
     d_sae, low, high = row
-    products = _empty_product(d_sae)
+    products = sparse.csr_matrix((d_sae, d_sae), dtype=np.int64)
     for start in range(low or 0, -1 if high is None else high + 1, contexts_per_part):
-        part = _activations(con, sae_id, d_sae, start, start + contexts_per_part)
+        part = sparse_activations(con, sae_id, (start, start + contexts_per_part))
         if len(part.feature):
             products = products + cofiring(part)
     return coactivation_table(products, counted_tokens(con, sae_id), first)
-
-
-def _activations(
-    con: duckdb.DuckDBPyConnection, sae_id: str, d_sae: int, start: int, end: int
-) -> SparseActivations:
-    """The activations of contexts [start, end) (values not needed: co-firing counts)."""
-    acts = con.execute(
-        "SELECT context_id, position, feature FROM activations "
-        "WHERE sae_id = ? AND context_id >= ? AND context_id < ?",
-        [sae_id, start, end],
-    ).fetchnumpy()
-    context = np.asarray(acts["context_id"], dtype=np.int64)
-    position = np.asarray(acts["position"], dtype=np.int64)
-    feature = np.asarray(acts["feature"], dtype=np.int64)
-    return SparseActivations((context << 16) | position, feature, np.ones(0), d_sae, 0)
-
-
-def _empty_product(d_sae: int):
-    from scipy import sparse
-
-    return sparse.csr_matrix((d_sae, d_sae), dtype=np.int64)
 
 
 # -- storing them: into the run's own file (`saedex index`) or a derived file (afterwards) --

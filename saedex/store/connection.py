@@ -49,6 +49,13 @@ def open_db(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     raise SaedexError(f"{path} {problem}")
 
 
+def limit_memory(con: duckdb.DuckDBPyConnection, memory_limit: str | None) -> None:
+    """DuckDB's memory limit on `con` (IndexConfig.memory_limit: "4GB"); None keeps DuckDB's
+    own (80% of RAM). Past it DuckDB spills to its temporary folder."""
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = '{memory_limit.replace(chr(39), '')}'")
+
+
 def failure(path: str | Path | None, error: Exception) -> str:
     """A DuckDB error raised after the open (a damaged block met by a query) as one line
     naming the file, for commands that report it and exit."""

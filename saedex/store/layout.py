@@ -14,7 +14,7 @@ import duckdb
 
 from saedex.store import bulk
 from saedex.store.catalog import Catalog
-from saedex.store.connection import open_db
+from saedex.store.connection import limit_memory, open_db
 from saedex.store.schema import SCHEMA_VERSION, check_version, ensure_schema
 from saedex.store.writer import RunState, run_state
 
@@ -87,8 +87,7 @@ def compact(path: Path, memory_limit: str | None = None) -> None:
     try:
         con.execute("SET enable_progress_bar = false")  # the indexer shows its own progress
         con.execute(f"SET temp_directory = '{_quote(path.with_name(path.name + '.tmp'))}'")
-        if memory_limit is not None:
-            con.execute(f"SET memory_limit = '{memory_limit}'")
+        limit_memory(con, memory_limit)
         con.execute(f"ATTACH '{_quote(path)}' AS src (READ_ONLY)")
         if bulk.is_parquet(con, "src."):
             return  # compacted already (killed before the catalog published it)

@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from saedex.config import IndexConfig
-from saedex.store.connection import open_db
+from saedex.store.connection import limit_memory, open_db
 from saedex.store.precision import EXACT, round_column
 from saedex.store.schema import DERIVED_TABLES, PROVENANCE_COLUMNS, RUN_TABLES, ensure_schema
 
@@ -70,8 +70,7 @@ class IndexWriter:
         past it DuckDB spills to a temporary folder beside the file."""
         self.con = open_db(path)
         try:
-            if memory_limit is not None:
-                self.con.execute(f"SET memory_limit = '{memory_limit}'")
+            limit_memory(self.con, memory_limit)
             ensure_schema(self.con, path)
         except BaseException:
             self.con.close()  # else the file stays locked for the rest of the process
